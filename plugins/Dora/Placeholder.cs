@@ -1,0 +1,1 @@
+namespace Peft.Plugins.Dora; public sealed class Placeholder {}

@@ -1,0 +1,1 @@
+namespace Peft.Plugins.GaLore; public sealed class Placeholder {}

@@ -1,0 +1,1 @@
+namespace Peft.Plugins.Lisa; public sealed class Placeholder {}

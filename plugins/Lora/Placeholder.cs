@@ -1,0 +1,1 @@
+namespace Peft.Plugins.Lora; public sealed class Placeholder {}

@@ -1,0 +1,1 @@
+namespace Peft.Plugins.QLora; public sealed class Placeholder {}

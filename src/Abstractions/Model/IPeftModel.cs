@@ -1,0 +1,50 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Peft.Abstractions.Model;
+
+/// <summary>
+/// What a method, quantizer, optimizer strategy or hook sees of a model: its shape, its linear layers
+/// addressed by HF module names (<c>model.layers.3.self_attn.q_proj</c>), and its parameters by HF names
+/// (<c>model.layers.3.self_attn.q_proj.weight</c>).
+/// </summary>
+public interface IPeftModel
+{
+    ModelShape Shape { get; }
+
+    /// <summary>Names of every linear layer slot, in model order, including the output head.</summary>
+    IReadOnlyList<string> LinearLayerNames { get; }
+
+    /// <summary>HF name of the output head (<c>lm_head</c>); excluded by <c>all-linear</c>. With tied embeddings it is still listed.</summary>
+    string OutputHeadName { get; }
+
+    /// <summary>The layer currently in the slot (possibly already wrapped or quantized).</summary>
+    ILinearLayer GetLinear(string name);
+
+    /// <summary>Put <paramref name="layer"/> into the slot, replacing what is there. The old layer is not disposed.</summary>
+    void SetLinear(string name, ILinearLayer layer);
+
+    /// <summary>Decoder layer index of a module or parameter name (<c>model.layers.3.mlp.up_proj</c> -> 3), or null.</summary>
+    int? LayerIndexOf(string name);
+
+    /// <summary>Every parameter, with its HF-style name (adapter parameters included once attached).</summary>
+    IEnumerable<(string Name, Parameter Parameter)> NamedParameters();
+
+    /// <summary>The device the model's tensors live on; plugins choose their compute path from it.</summary>
+    Device Device { get; }
+}
+
+/// <summary>The architecture numbers of a decoder-only transformer (HF config.json fields).</summary>
+public sealed record ModelShape(
+    int HiddenSize,
+    int NumHiddenLayers,
+    int NumAttentionHeads,
+    int NumKeyValueHeads,
+    int IntermediateSize,
+    int VocabSize,
+    int MaxPositionEmbeddings,
+    bool TieWordEmbeddings)
+{
+    public int HeadDim => HiddenSize / NumAttentionHeads;
+}

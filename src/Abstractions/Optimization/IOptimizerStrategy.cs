@@ -1,0 +1,42 @@
+using Microsoft.Extensions.Configuration;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Peft.Abstractions.Optimization;
+
+/// <summary>
+/// Builds the optimizer that updates the trainable parameters: plain AdamW (built into the host), GaLore
+/// (low-rank projected Adam), 8-bit states... The training loop only talks to <see cref="IPeftOptimizer"/>.
+/// </summary>
+public interface IOptimizerStrategy
+{
+    /// <summary>Name used in configuration (<c>"Optimizer": { "Name": "galore" }</c>).</summary>
+    string Name { get; }
+    string Description { get; }
+
+    IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options);
+}
+
+/// <summary>Hyper-parameters every strategy receives from the training loop.</summary>
+public sealed record OptimizerSettings(double LearningRate, double WeightDecay, double Beta1 = 0.9, double Beta2 = 0.999, double Epsilon = 1e-8);
+
+public interface IPeftOptimizer : IDisposable
+{
+    /// <summary>Apply one update with the given learning rate to every parameter that has a gradient.</summary>
+    void Step(double learningRate);
+
+    /// <summary>Drop all gradients.</summary>
+    void ZeroGrad();
+
+    /// <summary>Free the state kept for these parameters (LISA frees layers it deactivates).</summary>
+    void ReleaseState(IEnumerable<string> parameterNames);
+
+    /// <summary>Bytes of optimizer state currently held.</summary>
+    long StateBytes { get; }
+
+    /// <summary>State for checkpoints: tensors by name (aliases, not copies) plus scalar counters.</summary>
+    IReadOnlyDictionary<string, Tensor> GetState();
+
+    void LoadState(IReadOnlyDictionary<string, Tensor> state);
+}

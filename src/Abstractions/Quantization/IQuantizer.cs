@@ -1,0 +1,22 @@
+using Microsoft.Extensions.Configuration;
+using Peft.Abstractions.Model;
+
+namespace Peft.Abstractions.Quantization;
+
+/// <summary>
+/// Replaces frozen base linear layers with quantized ones (NF4, INT8...). Applied by the host before a
+/// method attaches, so any method wraps a quantized base (QLoRA = nf4 + lora, QLoRA+DoRA = nf4 + dora,
+/// Q-GaLore = int8 + galore optimizer strategy).
+/// </summary>
+public interface IQuantizer
+{
+    /// <summary>Name used in configuration (<c>"Quantization": { "Name": "nf4" }</c>).</summary>
+    string Name { get; }
+    string Description { get; }
+
+    /// <summary>Bits of storage per weight, statistics included (e.g. 4.127 for NF4 with double quantization).</summary>
+    double BitsPerParameter(IConfiguration options);
+
+    /// <summary>A frozen quantized replacement for <paramref name="layer"/>; the caller puts it in the slot.</summary>
+    ILinearLayer Quantize(string moduleName, ILinearLayer layer, IConfiguration options);
+}

@@ -1,0 +1,3 @@
+using Peft.Host.Cli;
+
+return CommandLine.Run(args, new CliContext(Console.Out, Console.Error));
