@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.Loader;
+using System.Text.Json;
 using McMaster.NETCore.Plugins;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -181,6 +182,7 @@ public sealed class PluginCatalog : IDisposable
     /// <summary>Load the assembly in its own context and create its single <see cref="IPeftPlugin"/>.</summary>
     static LoadedPlugin Instantiate(string path, List<PluginLoader> loaders)
     {
+        CheckDepsFile(path);
         Assembly assembly;
         try
         {
@@ -240,6 +242,43 @@ public sealed class PluginCatalog : IDisposable
         var version = assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
                       ?? assembly.GetName().Version?.ToString() ?? "unknown";
         return new LoadedPlugin(instance, assembly, path, version);
+    }
+
+    /// <summary>
+    /// The loader hands <c>X.deps.json</c> to the runtime's native dependency resolver, which aborts the whole
+    /// process (an uncatchable C++ exception) when <c>runtimeTarget.name</c> is missing, and prints to stderr
+    /// on invalid JSON. So check the file first and report it like any other plugin error.
+    /// </summary>
+    static void CheckDepsFile(string assemblyPath)
+    {
+        var depsPath = Path.ChangeExtension(assemblyPath, ".deps.json");
+        if (!File.Exists(depsPath))
+            throw new PluginLoadException(assemblyPath, $"'{depsPath}' is missing (a plugin folder holds X.dll next to X.deps.json, as dotnet build makes them)");
+        string problem;
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllBytes(depsPath));
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) problem = "the top level is not a JSON object";
+            else if (!root.TryGetProperty("runtimeTarget", out var target) || target.ValueKind != JsonValueKind.Object)
+                problem = "it has no \"runtimeTarget\" object";
+            else if (!target.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(name.GetString()))
+                problem = "\"runtimeTarget\" has no \"name\" (e.g. \".NETCoreApp,Version=v10.0\")";
+            else if (root.TryGetProperty("targets", out var targets) && targets.ValueKind != JsonValueKind.Object)
+                problem = "\"targets\" is not an object";
+            else if (root.TryGetProperty("libraries", out var libraries) && libraries.ValueKind != JsonValueKind.Object)
+                problem = "\"libraries\" is not an object";
+            else return;
+        }
+        catch (JsonException e)
+        {
+            problem = $"invalid JSON ({e.Message})";
+        }
+        catch (IOException e)
+        {
+            problem = $"cannot be read ({e.Message})";
+        }
+        throw new PluginLoadException(assemblyPath, $"its dependency file '{depsPath}' is not a valid deps.json: {problem}");
     }
 
     /// <summary>Call the plugin's ConfigureServices; return the indexed descriptors it added (its provenance).</summary>
