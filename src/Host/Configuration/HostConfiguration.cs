@@ -61,7 +61,10 @@ public static class HostConfiguration
         {
             // InvalidDataException("Failed to load configuration from file ...") wraps the JsonException
             // (with line and position); FormatException: duplicate key or a non-object top level.
-            var reason = e.InnerException?.Message ?? e.Message;
+            var chain = new List<string>();
+            for (Exception? x = e is InvalidDataException && e.InnerException is not null ? e.InnerException : e; x is not null; x = x.InnerException)
+                chain.Add(x.Message.TrimEnd('.'));
+            var reason = string.Join(": ", chain);
             throw new CliException($"configuration file '{configFile}' is not a valid JSON configuration: {reason}");
         }
         Validate(root);
@@ -98,7 +101,7 @@ public static class HostConfiguration
             if (section is null)
                 throw new PeftConfigurationException(child.Key, child.Value,
                     $"unknown top-level section (set by {SourceOf(root, child.Key)}; known sections: {ConfigSections.KnownNames})");
-            if (child.Value is not null && !child.GetChildren().Any())
+            if (!string.IsNullOrEmpty(child.Value) && !child.GetChildren().Any()) // "{}" reads as ""
                 throw new PeftConfigurationException(child.Key, child.Value,
                     $"'{section.Name}' is a section and needs keys (e.g. {section.Name}:KEY=VALUE), not a single value (set by {SourceOf(root, child.Key)})");
         }

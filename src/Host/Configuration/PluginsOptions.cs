@@ -31,7 +31,7 @@ public sealed class PluginsOptions : IValidatableOptions
         var section = root.GetSection(ConfigSections.Plugins);
         var directories = section.GetSection("directories");
         // The binder would silently ignore a single string where a list is expected.
-        if (directories.Value is not null)
+        if (!string.IsNullOrEmpty(directories.Value)) // "[]" in JSON reads as ""
             throw new Abstractions.PeftConfigurationException(directories.Path, directories.Value,
                 "must be a list of folders (JSON array; on the command line --set plugins:directories:0=PATH)");
         return OptionsBinding.Bind<PluginsOptions>(section);
