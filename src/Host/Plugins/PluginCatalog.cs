@@ -158,16 +158,17 @@ public sealed class PluginCatalog : IDisposable
 
             provider = services.BuildServiceProvider();
             var byName = Kinds.ToDictionary(k => k, _ => new Dictionary<string, Entry>(StringComparer.OrdinalIgnoreCase));
-            var provided = plugins.Concat<LoadedPlugin?>(new LoadedPlugin?[] { null })
-                .ToDictionary(p => p ?? (object)"host", _ => Kinds.ToDictionary(k => k, _ => new List<string>()));
+            // the names each owner provides, by kind (owner null: the host)
+            var hostNames = Kinds.ToDictionary(k => k, _ => new List<string>());
+            var pluginNames = plugins.ToDictionary(p => p, _ => Kinds.ToDictionary(k => k, _ => new List<string>()));
             foreach (var kind in Kinds)
                 Index(kind, provider, registered.Where(r => r.Descriptor.ServiceType == kind.ServiceType).ToList(), byName[kind],
-                    (owner, name) => provided[owner ?? (object)"host"][kind].Add(name));
+                    (owner, name) => (owner is null ? hostNames : pluginNames[owner])[kind].Add(name));
 
-            ProvidedServices ToProvided(Dictionary<Kind, List<string>> lists) =>
-                new(lists[MethodKind], lists[QuantizerKind], lists[OptimizerKind], lists[HookKind]);
-            foreach (var p in plugins) p.Provides = ToProvided(provided[p]);
-            return new PluginCatalog(plugins, ToProvided(provided["host"]), byName, provider, loaders);
+            static ProvidedServices ToProvided(Dictionary<Kind, List<string>> names) =>
+                new(names[MethodKind], names[QuantizerKind], names[OptimizerKind], names[HookKind]);
+            foreach (var p in plugins) p.Provides = ToProvided(pluginNames[p]);
+            return new PluginCatalog(plugins, ToProvided(hostNames), byName, provider, loaders);
         }
         catch
         {
