@@ -9,6 +9,7 @@ public static class CommandLine
     /// <summary>Every verb. New commands are added here.</summary>
     public static IReadOnlyList<ICliCommand> Commands { get; } = new List<ICliCommand>
     {
+        new Peft.Host.Commands.PluginsCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

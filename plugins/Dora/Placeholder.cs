@@ -1,1 +1,0 @@
-namespace Peft.Plugins.Dora; public sealed class Placeholder {}

@@ -1,1 +1,0 @@
-namespace Peft.Plugins.GaLore; public sealed class Placeholder {}

@@ -1,1 +1,0 @@
-namespace Peft.Plugins.Lisa; public sealed class Placeholder {}

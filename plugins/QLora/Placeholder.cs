@@ -1,1 +1,0 @@
-namespace Peft.Plugins.QLora; public sealed class Placeholder {}
