@@ -51,6 +51,9 @@ public static class OptionsBinding
         if (IsScalar(type)) return;
         if (type.IsArray || (type.IsGenericType && typeof(IEnumerable).IsAssignableFrom(type)))
         {
+            // A single value where a list or a map is expected would otherwise be dropped silently by the binder.
+            if (section is IConfigurationSection { Value: { Length: > 0 } } scalar && !scalar.GetChildren().Any())
+                throw new PeftConfigurationException(scalar.Path, scalar.Value, "expected a list or an object, not a single value");
             var element = ElementType(type);
             if (element is null) return;
             foreach (var child in section.GetChildren()) CheckKeys(element, child, child.Path, Array.Empty<string>());

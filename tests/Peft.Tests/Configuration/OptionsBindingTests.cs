@@ -51,3 +51,19 @@ public sealed class OptionsBindingTests
         act.Should().Throw<PeftConfigurationException>().WithMessage("*'method:r'*'-3'*positive*");
     }
 }
+
+public sealed class OptionsBindingListTests
+{
+    sealed class ListOptions
+    {
+        [ConfigurationKeyName("target_modules")] public List<string> TargetModules { get; set; } = new();
+    }
+
+    [Fact]
+    public void A_single_value_where_a_list_is_expected_is_an_error()
+    {
+        var section = new ConfigurationBuilder().AddInMemoryCollection(new[] { new KeyValuePair<string, string?>("m:target_modules", "q_proj") }).Build().GetSection("m");
+        var act = () => OptionsBinding.Bind<ListOptions>(section);
+        act.Should().Throw<PeftConfigurationException>().WithMessage("*'m:target_modules'*'q_proj'*list*");
+    }
+}
