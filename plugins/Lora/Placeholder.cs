@@ -1,1 +1,0 @@
-namespace Peft.Plugins.Lora; public sealed class Placeholder {}
