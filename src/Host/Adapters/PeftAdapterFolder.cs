@@ -115,16 +115,15 @@ public static class PeftAdapterFolder
     };
 
     /// <summary>
-    /// Read <c>adapter_config.json</c> of the adapter folder <paramref name="dir"/> (or, for a non-default
-    /// <paramref name="adapterName"/>, of <c>dir/&lt;name&gt;</c> when <paramref name="dir"/> has none).
+    /// Read <c>adapter_config.json</c> of the adapter folder <paramref name="dir"/>; for a non-default
+    /// <paramref name="adapterName"/>, of <c>dir/&lt;name&gt;</c> when that exists (where <see cref="Save"/> puts it).
     /// Returns the config and the folder it was found in.
     /// </summary>
     public static (JsonObject Config, string Folder) ReadConfig(string dir, string adapterName = DefaultAdapterName)
     {
         var folder = Path.GetFullPath(dir);
         if (!Directory.Exists(folder)) throw new PeftFormatException($"{folder}: adapter folder not found");
-        if (!File.Exists(Path.Combine(folder, ConfigFileName)) && adapterName != DefaultAdapterName
-            && File.Exists(Path.Combine(folder, adapterName, ConfigFileName)))
+        if (adapterName != DefaultAdapterName && File.Exists(Path.Combine(folder, adapterName, ConfigFileName)))
             folder = Path.Combine(folder, adapterName);
         var path = Path.Combine(folder, ConfigFileName);
         if (!File.Exists(path)) throw new PeftFormatException($"{path}: file not found (an adapter folder needs {ConfigFileName} and {WeightsFileName})");
