@@ -36,8 +36,12 @@ public static class PeftAdapterFolder
     };
 
     /// <summary>Where an adapter named <paramref name="adapterName"/> is saved: the folder itself for "default", else a sub-folder.</summary>
-    public static string AdapterDirectory(string dir, string adapterName) =>
-        adapterName == DefaultAdapterName ? dir : Path.Combine(dir, adapterName);
+    public static string AdapterDirectory(string dir, string adapterName)
+    {
+        if (string.IsNullOrEmpty(adapterName) || adapterName is "." or ".." || adapterName.IndexOfAny(['/', '\\', ':']) >= 0)
+            throw new ArgumentException($"adapter name '{adapterName}' cannot be used as a folder name", nameof(adapterName));
+        return adapterName == DefaultAdapterName ? dir : Path.Combine(dir, adapterName);
+    }
 
     /// <summary>
     /// Save <paramref name="adapter"/> under <paramref name="dir"/> (or <c>dir/&lt;name&gt;</c>). The tensors are
@@ -123,8 +127,9 @@ public static class PeftAdapterFolder
     {
         var folder = Path.GetFullPath(dir);
         if (!Directory.Exists(folder)) throw new PeftFormatException($"{folder}: adapter folder not found");
-        if (adapterName != DefaultAdapterName && File.Exists(Path.Combine(folder, adapterName, ConfigFileName)))
-            folder = Path.Combine(folder, adapterName);
+        var named = Path.GetFullPath(AdapterDirectory(dir, adapterName));
+        if (adapterName != DefaultAdapterName && File.Exists(Path.Combine(named, ConfigFileName)))
+            folder = named;
         var path = Path.Combine(folder, ConfigFileName);
         if (!File.Exists(path)) throw new PeftFormatException($"{path}: file not found (an adapter folder needs {ConfigFileName} and {WeightsFileName})");
         try

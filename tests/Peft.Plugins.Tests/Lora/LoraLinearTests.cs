@@ -213,4 +213,22 @@ public sealed class LoraLinearTests
         var act = () => lora.LoraA("a");
         act.Should().Throw<KeyNotFoundException>().WithMessage("*'a'*");
     }
+
+    [Fact]
+    public void Moving_the_module_to_another_dtype_keeps_the_factors_reachable()
+    {
+        torch.manual_seed(10);
+        var baseLayer = TestLinear.Random(8, 4);
+        using var lora = new LoraLinear("layer", baseLayer);
+        lora.AddAdapter("default", 2, 2, init: LoraInitialization.Random);
+        using var x = torch.randn(3, 8);
+        using var y32 = lora.forward(x);
+
+        lora.to(ScalarType.Float64);
+        lora.LoraA("default").dtype.Should().Be(ScalarType.Float64);
+        lora.named_parameters().Should().HaveCount(3).And.OnlyContain(p => p.parameter.dtype == ScalarType.Float64);
+        using var x64 = x.to(ScalarType.Float64);
+        using var y64 = lora.forward(x64);
+        TestTensors.MaxAbsDiff(y64, y32).Should().BeLessThan(1e-5);
+    }
 }
