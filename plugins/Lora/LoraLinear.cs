@@ -43,7 +43,6 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     // The wrapped layer as ILinearLayer. Boxed: RegisterComponents registers every field holding a Module, and the
     // layer is already registered once, as base_layer.
     readonly StrongBox<ILinearLayer> _baseBox;
-    ILinearLayer _base => _baseBox.Value!;
 
     // Adapter states by name, and the names in the order they were added (forward sums in this order).
     readonly Dictionary<string, AdapterState> _adapters = new(StringComparer.Ordinal);
@@ -62,12 +61,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     }
 
     public string ModuleName { get; }
-    public ILinearLayer BaseLayer => _base;
-    public long InFeatures => _base.InFeatures;
-    public long OutFeatures => _base.OutFeatures;
+    public ILinearLayer BaseLayer => _baseBox.Value!;
+    public long InFeatures => BaseLayer.InFeatures;
+    public long OutFeatures => BaseLayer.OutFeatures;
     public nn.Module<Tensor, Tensor> Module => this;
-    public Tensor? Bias => _base.Bias;
-    public bool CanSetWeight => _base.CanSetWeight;
+    public Tensor? Bias => BaseLayer.Bias;
+    public bool CanSetWeight => BaseLayer.CanSetWeight;
 
     /// <summary>Adapter names in the order they were added.</summary>
     public IReadOnlyList<string> AdapterNames => _order.ToList();
@@ -103,8 +102,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         {
             if (rank > Math.Min(InFeatures, OutFeatures))
                 throw new ArgumentOutOfRangeException(nameof(rank), rank, $"PiSSA needs r <= min(in, out) = {Math.Min(InFeatures, OutFeatures)} for '{ModuleName}'");
-            if (!_base.CanSetWeight)
-                throw new InvalidOperationException($"PiSSA cannot initialize '{ModuleName}': its base layer ({_base.GetType().Name}) cannot take a new weight");
+            if (!BaseLayer.CanSetWeight)
+                throw new InvalidOperationException($"PiSSA cannot initialize '{ModuleName}': its base layer ({BaseLayer.GetType().Name}) cannot take a new weight");
         }
 
         double scaling = useRsLora ? alpha / Math.Sqrt(rank) : alpha / rank;
@@ -163,7 +162,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     void PissaInit(Parameter a, Parameter b, int rank, double scaling)
     {
         using var scope = torch.NewDisposeScope();
-        var w = _base.DenseWeight(ScalarType.Float32).to(a.device);
+        var w = BaseLayer.DenseWeight(ScalarType.Float32).to(a.device);
         var (u, s, vh) = torch.linalg.svd(w, fullMatrices: false);
         var sqrtSr = (s[..rank] / scaling).sqrt();                 // (r,)
         var loraA = sqrtSr.unsqueeze(1) * vh[..rank];              // (r, in)
@@ -171,7 +170,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         var residual = w - scaling * loraB.matmul(loraA);          // (out, in)
         a.copy_(loraA);
         b.copy_(loraB);
-        _base.SetDenseWeight(residual);
+        BaseLayer.SetDenseWeight(residual);
     }
 
     /// <summary>Enable or disable one adapter; disabling a merged adapter unmerges it first.</summary>
@@ -218,7 +217,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {
         using var scope = torch.NewDisposeScope();
-        var w = _base.DenseWeight(ScalarType.Float32);
+        var w = BaseLayer.DenseWeight(ScalarType.Float32);
         foreach (var name in _order)
         {
             var state = _adapters[name];
@@ -239,7 +238,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
             if (!state.Enabled || state.Merged) continue;
             w = w - DeltaWeight(name).to(w.device);
         }
-        _base.SetDenseWeight(w);
+        BaseLayer.SetDenseWeight(w);
     }
 
     /// <summary>
@@ -250,15 +249,15 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     {
         var state = _adapters[Check(adapter)];
         if (state.Merged) return;
-        if (!_base.CanSetWeight)
-            throw new InvalidOperationException($"cannot merge LoRA adapter '{adapter}' into '{ModuleName}': its base layer ({_base.GetType().Name}) cannot take a new weight");
+        if (!BaseLayer.CanSetWeight)
+            throw new InvalidOperationException($"cannot merge LoRA adapter '{adapter}' into '{ModuleName}': its base layer ({BaseLayer.GetType().Name}) cannot take a new weight");
         using (var scope = torch.NewDisposeScope())
         {
-            var w = _base.DenseWeight(ScalarType.Float32);
+            var w = BaseLayer.DenseWeight(ScalarType.Float32);
             var merged = w + DeltaWeight(adapter).to(w.device);
             if (safe && !torch.isfinite(merged).all().item<bool>())
                 throw new InvalidOperationException($"merging LoRA adapter '{adapter}' into '{ModuleName}' gives non-finite weights (NaN or Inf); the adapter seems broken, nothing was merged");
-            _base.SetDenseWeight(merged);
+            BaseLayer.SetDenseWeight(merged);
         }
         state.Merged = true;
         _mergeOrder.Add(adapter);
@@ -271,8 +270,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         if (!state.Merged) return;
         using (var scope = torch.NewDisposeScope())
         {
-            var w = _base.DenseWeight(ScalarType.Float32);
-            _base.SetDenseWeight(w - DeltaWeight(adapter).to(w.device));
+            var w = BaseLayer.DenseWeight(ScalarType.Float32);
+            BaseLayer.SetDenseWeight(w - DeltaWeight(adapter).to(w.device));
         }
         state.Merged = false;
         _mergeOrder.Remove(adapter);
@@ -303,8 +302,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     internal void FoldIntoBase(string adapter)
     {
         using var scope = torch.NewDisposeScope();
-        var w = _base.DenseWeight(ScalarType.Float32);
-        _base.SetDenseWeight(w + DeltaWeight(adapter).to(w.device));
+        var w = BaseLayer.DenseWeight(ScalarType.Float32);
+        BaseLayer.SetDenseWeight(w + DeltaWeight(adapter).to(w.device));
     }
 
     /// <summary>
@@ -315,7 +314,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     {
         if (_adapters.Count > 0) throw new InvalidOperationException($"module '{ModuleName}' still has LoRA adapters: {string.Join(", ", _order)}");
         _internal_submodules.Remove("base_layer");
-        return _base;
+        return BaseLayer;
     }
 
     Device BaseDevice()
