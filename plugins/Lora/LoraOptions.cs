@@ -44,9 +44,9 @@ public sealed class LoraOptions : IValidatableOptions
     [ConfigurationKeyName("init_lora_weights")] public string InitLoraWeights { get; set; } = "true";
 
     /// <summary>The list form of target_modules (the string form is kept in <see cref="TargetModulesRegex"/>).</summary>
-    [ConfigurationKeyName("target_modules")] public List<string>? TargetModules { get; set; }
+    [ConfigurationKeyName("target_modules"), SingleValueAllowed] public List<string>? TargetModules { get; set; }
 
-    [ConfigurationKeyName("layers_to_transform")] public List<int>? LayersToTransform { get; set; }
+    [ConfigurationKeyName("layers_to_transform"), SingleValueAllowed] public List<int>? LayersToTransform { get; set; }
 
     /// <summary>Module-name regex -> rank, matched as <c>(.*\.)?(key)$</c>; the first matching key wins.</summary>
     [ConfigurationKeyName("rank_pattern")] public Dictionary<string, int> RankPattern { get; set; } = new();

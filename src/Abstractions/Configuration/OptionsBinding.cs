@@ -46,13 +46,13 @@ public static class OptionsBinding
         return options;
     }
 
-    static void CheckKeys(Type type, IConfiguration section, string path, string[] ignored)
+    static void CheckKeys(Type type, IConfiguration section, string path, string[] ignored, bool singleValueAllowed = false)
     {
         if (IsScalar(type)) return;
         if (type.IsArray || (type.IsGenericType && typeof(IEnumerable).IsAssignableFrom(type)))
         {
             // A single value where a list or a map is expected would otherwise be dropped silently by the binder.
-            if (section is IConfigurationSection { Value: { Length: > 0 } } scalar && !scalar.GetChildren().Any())
+            if (!singleValueAllowed && section is IConfigurationSection { Value: { Length: > 0 } } scalar && !scalar.GetChildren().Any())
                 throw new PeftConfigurationException(scalar.Path, scalar.Value, "expected a list or an object, not a single value");
             var element = ElementType(type);
             if (element is null) return;
@@ -70,7 +70,7 @@ public static class OptionsBinding
                 var known = string.Join(", ", props.Keys.Order(StringComparer.Ordinal));
                 throw new PeftConfigurationException(child.Path, child.Value, $"unknown key (known keys here: {known})");
             }
-            CheckKeys(prop.PropertyType, child, child.Path, Array.Empty<string>());
+            CheckKeys(prop.PropertyType, child, child.Path, Array.Empty<string>(), prop.GetCustomAttribute<SingleValueAllowedAttribute>() is not null);
         }
     }
 

@@ -79,7 +79,7 @@ public sealed class PluginCatalogTests
         var method = catalog.GetMethod("sample-method");
         method.GetType().Assembly.Should().BeSameAs(sample.Assembly);
         catalog.OwnerOf(method).Should().BeSameAs(sample);
-        catalog.Services.GetServices<IPeftMethod>().Should().ContainSingle().Which.Should().BeSameAs(method); // a singleton
+        catalog.Services.GetServices<IPeftMethod>().Should().ContainSingle(m => m.Name == "sample-method").Which.Should().BeSameAs(method); // a singleton
         catalog.GetQuantizer("SAMPLE-QUANTIZER").BitsPerParameter(Config()).Should().Be(4.5); // names are case-insensitive
         catalog.GetOptimizerStrategy("sample-optimizer").Name.Should().Be("sample-optimizer");
         catalog.GetHookFactory("sample-hook").Name.Should().Be("sample-hook");
