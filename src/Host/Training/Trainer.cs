@@ -156,19 +156,22 @@ public static class Trainer
                 SaveCheckpoint(run, step, totalSteps, sampler.Position, steps.Count > 0 ? steps[^1].Loss : null, Elapsed());
                 sink.WriteLine($"stopped at step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
             }
+
+            if (!interrupted) run.Output.WriteFinal(run.OutputDirectory);
+            summary = TrainingSummary.Measure(model, trainable, run.Optimizer) with
+            {
+                TrainExamples = run.Data.Train.Count,
+                ValidationExamples = run.Data.Validation.Count,
+                TotalSteps = totalSteps,
+                FinalStep = step,
+                FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
+                FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
+                ElapsedSeconds = Math.Round(Elapsed(), 3),
+            };
+            sink.WriteLine(summary.Describe());
+            sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
         });
 
-        if (!interrupted) run.Output.WriteFinal(run.OutputDirectory);
-        summary = TrainingSummary.Measure(model, trainable, run.Optimizer) with
-        {
-            TrainExamples = run.Data.Train.Count,
-            ValidationExamples = run.Data.Validation.Count,
-            TotalSteps = totalSteps,
-            FinalStep = step,
-            FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
-            FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
-            ElapsedSeconds = Math.Round(Elapsed(), 3),
-        };
         AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         if (run.WriteLossCurve)
         {

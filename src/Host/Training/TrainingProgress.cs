@@ -63,11 +63,13 @@ public sealed class PlainTrainingProgress(TextWriter output) : ITrainingProgress
 }
 
 /// <summary>A Spectre.Console progress bar: step, loss, lr, tokens/s in the description; bar, percentage, elapsed and ETA columns.</summary>
-public sealed class LiveTrainingProgress : ITrainingProgress
+public sealed class LiveTrainingProgress(IAnsiConsole? console = null) : ITrainingProgress
 {
+    readonly IAnsiConsole _console = console ?? AnsiConsole.Console;
+
     public void Run(int startStep, int totalSteps, Action<IProgressSink> loop)
     {
-        AnsiConsole.Progress()
+        _console.Progress()
             .AutoClear(false)
             .HideCompleted(false)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
@@ -76,12 +78,12 @@ public sealed class LiveTrainingProgress : ITrainingProgress
             {
                 var task = ctx.AddTask(Markup.Escape($"step {startStep}/{totalSteps}"), maxValue: Math.Max(1, totalSteps));
                 task.Value = startStep;
-                loop(new Sink(task));
+                loop(new Sink(task, _console));
                 task.Value = task.MaxValue;
             });
     }
 
-    sealed class Sink(ProgressTask task) : IProgressSink
+    sealed class Sink(ProgressTask task, IAnsiConsole console) : IProgressSink
     {
         public void OnStep(StepReport report)
         {
@@ -90,6 +92,6 @@ public sealed class LiveTrainingProgress : ITrainingProgress
             task.Value = report.Step;
         }
 
-        public void WriteLine(string message) => AnsiConsole.MarkupLine(Markup.Escape(message));
+        public void WriteLine(string message) => console.MarkupLine(Markup.Escape(message));
     }
 }

@@ -62,7 +62,7 @@ public sealed record TrainingSummary
 
     public string Describe() => string.Create(CultureInfo.InvariantCulture,
         $"trainable parameters: {TrainableParameters:N0} of {TotalParameters:N0} ({TrainableShare * 100:0.####}%) | " +
-        $"weights {Bytes(WeightBytes)} | gradients {Bytes(GradientBytes)} | optimizer state {Bytes(OptimizerStateBytes)}");
+        $"weights {Bytes(WeightBytes)} | gradients {Bytes(GradientBytes)} | optimizer state {(OptimizerStateBytes > 0 ? Bytes(OptimizerStateBytes) : "allocated at the first step")}");
 
     public static string Bytes(long bytes)
     {
