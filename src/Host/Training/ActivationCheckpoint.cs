@@ -24,22 +24,43 @@ public static class ActivationCheckpoint
     /// <summary>
     /// y = <paramref name="block"/>(<paramref name="input"/>) with recomputation in backward. Pass every parameter
     /// the block uses (<c>layer.parameters()</c>); those not requiring grad are ignored. Without grad mode or
-    /// with nothing requiring grad, it simply calls the block.
+    /// with nothing requiring grad, it simply calls the block. Tensors the block captures must still be alive when
+    /// backward runs; pass tensors made during the forward pass (RoPE cos/sin, masks) through the other overload.
     /// </summary>
-    public static Tensor Run(Func<Tensor, Tensor> block, Tensor input, IEnumerable<Parameter> parameters)
+    public static Tensor Run(Func<Tensor, Tensor> block, Tensor input, IEnumerable<Parameter> parameters) =>
+        Run((x, _) => block(x), input, [], parameters);
+
+    /// <summary>
+    /// As <see cref="Run(Func{Tensor, Tensor}, Tensor, IEnumerable{Parameter})"/>, with tensors that are not
+    /// differentiated (position embeddings, attention masks): they are saved in the autograd graph, so the
+    /// recomputation gets them back even after the forward pass disposed its handles, and the block receives them
+    /// as its second argument, in order.
+    /// </summary>
+    public static Tensor Run(Func<Tensor, IReadOnlyList<Tensor>, Tensor> block, Tensor input, IReadOnlyList<Tensor> constants, IEnumerable<Parameter> parameters)
     {
         var trainable = parameters.Where(p => p.requires_grad).Cast<Tensor>().ToList();
         if (!torch.is_grad_enabled() || (!input.requires_grad && trainable.Count == 0))
-            return block(input);
+            return block(input, constants);
+        if (constants.Any(c => c.requires_grad))
+            throw new ArgumentException("a constant of a checkpointed block requires grad; it would receive no gradient", nameof(constants));
         var args = new object[2 + trainable.Count];
-        args[0] = new BlockArgument(block, trainable.Count, input.requires_grad);
+        args[0] = new BlockArgument(block, constants.ToList(), trainable.Count, input.requires_grad);
         args[1] = input;
         for (int i = 0; i < trainable.Count; i++) args[2 + i] = trainable[i];
         return CheckpointFunction.apply(args);
     }
 
-    /// <summary>What the function needs besides tensors (kept in the autograd context, not as a tensor).</summary>
-    sealed record BlockArgument(Func<Tensor, Tensor> Block, int ParameterCount, bool InputRequiresGrad);
+    /// <summary>What the function needs besides its differentiable inputs (kept in the autograd context, not as a tensor).</summary>
+    sealed class BlockArgument(Func<Tensor, IReadOnlyList<Tensor>, Tensor> block, List<Tensor> constants, int parameterCount, bool inputRequiresGrad)
+    {
+        public Func<Tensor, IReadOnlyList<Tensor>, Tensor> Block { get; } = block;
+        public int ParameterCount { get; } = parameterCount;
+        public bool InputRequiresGrad { get; } = inputRequiresGrad;
+
+        /// <summary>Only used during forward; backward reads the saved copies.</summary>
+        public List<Tensor>? Constants { get; set; } = constants;
+        public int ConstantCount { get; } = constants.Count;
+    }
 
     sealed class CheckpointFunction : autograd.SingleTensorFunction<CheckpointFunction>
     {
@@ -51,11 +72,13 @@ public static class ActivationCheckpoint
             var input = (Tensor)vars[1];
             var parameters = new List<Tensor>(argument.ParameterCount);
             for (int i = 0; i < argument.ParameterCount; i++) parameters.Add((Tensor)vars[2 + i]);
-            ctx.save_for_backward([input]);
+            var constants = argument.Constants!;
+            argument.Constants = null;   // the graph keeps the saved variables, not the forward's handles
+            ctx.save_for_backward([input, .. constants]);
             ctx.save_data("argument", argument);
             ctx.save_data("parameters", parameters);
             // apply() already runs forward with grad mode off: no graph is recorded inside the block.
-            return argument.Block(input);
+            return argument.Block(input, constants);
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
@@ -65,10 +88,11 @@ public static class ActivationCheckpoint
             List<Tensor> grads;
             using (var scope = torch.NewDisposeScope())
             {
-                var saved = ctx.get_saved_variables()[0];
+                var saved = ctx.get_saved_variables();
+                var constants = saved.GetRange(1, argument.ConstantCount);
                 using var enable = torch.enable_grad();
-                var input = saved.detach().requires_grad_(argument.InputRequiresGrad);
-                var output = argument.Block(input);
+                var input = saved[0].detach().requires_grad_(argument.InputRequiresGrad);
+                var output = argument.Block(input, constants);
                 var wrt = new List<Tensor>(parameters.Count + 1);
                 if (argument.InputRequiresGrad) wrt.Add(input);
                 wrt.AddRange(parameters);

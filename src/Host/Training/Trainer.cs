@@ -39,6 +39,10 @@ public static class Trainer
         var duplicate = trainable.GroupBy(p => p.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
         if (duplicate is not null) throw new TrainingException($"trainable parameter '{duplicate.Key}' is listed twice");
         if (run.Data.Train.Count == 0) throw new TrainingException("there are no training examples");
+        int longest = run.Data.Train.Concat(run.Data.Validation).Max(e => e.Length);
+        if (longest > model.Shape.MaxPositionEmbeddings)
+            throw new PeftConfigurationException("data:seq_len", longest.ToString(CultureInfo.InvariantCulture),
+                $"sequences of {longest} tokens are longer than the model's max_position_embeddings ({model.Shape.MaxPositionEmbeddings})");
         Directory.CreateDirectory(run.OutputDirectory);
 
         ApplyModelOptions(run);

@@ -102,4 +102,23 @@ public class ActivationCheckpointFunctionTests
 
         using (torch.no_grad()) { calls = 0; ActivationCheckpoint.Run(Block, x, [w]); calls.Should().Be(1, "without grad mode the block just runs"); }
     }
+
+    [Fact]
+    public void Constants_made_in_the_forward_pass_survive_until_backward()
+    {
+        var w = new TorchSharp.Modules.Parameter(torch.tensor(new float[] { 0.5f, -1.5f }));
+        Tensor Block(Tensor x, IReadOnlyList<Tensor> c) => (x * w + c[0]).sin() * c[1];
+        using var x = torch.tensor(new float[] { 0.3f, 0.7f });
+        Tensor y;
+        using (var forwardScope = torch.NewDisposeScope())
+        {
+            var shift = torch.tensor(new float[] { 0.1f, 0.2f });
+            var scale = torch.tensor(new float[] { 2f, 3f });
+            y = ActivationCheckpoint.Run(Block, x, [shift, scale], [w]).MoveToOuterDisposeScope();
+        }   // shift and scale handles are disposed here, as a model's forward scope would do
+        y.sum().backward();
+        var expected = new[] { 2 * 0.3 * Math.Cos(0.3 * 0.5 + 0.1), 3 * 0.7 * Math.Cos(0.7 * -1.5 + 0.2) };
+        w.grad!.data<float>().ToArray().Select(v => (double)v).Should().BeEquivalentTo(expected, o => o.Using<double>(c => c.Subject.Should().BeApproximately(c.Expectation, 1e-6)).WhenTypeIs<double>());
+        y.Dispose();
+    }
 }

@@ -138,11 +138,11 @@ public sealed class TinyCausalLm : ICausalLanguageModel, IBaseWeightsCaster, IAc
 {
     readonly FakeLmModule _module;
 
-    public TinyCausalLm(int vocab, int hidden = 16, int inner = 32, int numLayers = 2, ulong seed = 7)
+    public TinyCausalLm(int vocab, int hidden = 16, int inner = 32, int numLayers = 2, ulong seed = 7, int maxPositions = 1024)
     {
         using var generator = new Generator(seed);
         _module = new FakeLmModule(vocab, hidden, inner, numLayers, generator);
-        Shape = new ModelShape(hidden, numLayers, 1, 1, inner, vocab, 1024, false);
+        Shape = new ModelShape(hidden, numLayers, 1, 1, inner, vocab, maxPositions, false);
     }
 
     public FakeLmModule Net => _module;

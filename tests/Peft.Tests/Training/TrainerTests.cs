@@ -227,3 +227,47 @@ public class TrainerTests
         Peft.Abstractions.Configuration.OptionsBinding.Bind<TrainingOptions>(Section("activation_checkpointing", "true")).ActivationCheckpointing.Should().BeTrue();
     }
 }
+
+public class CheckpointWritingTests
+{
+    sealed class FailingOutput(int failAtCheckpoint) : ITrainingOutput
+    {
+        int _checkpoints;
+        public void WriteFinal(string directory) => File.WriteAllText(Path.Combine(directory, "result.txt"), "ok");
+        public void WriteCheckpoint(string directory)
+        {
+            File.WriteAllText(Path.Combine(directory, "adapter.txt"), "partial");
+            if (++_checkpoints == failAtCheckpoint) throw new IOException("disk full");
+        }
+    }
+
+    [Fact]
+    public void A_failed_checkpoint_leaves_no_folder_and_keeps_the_previous_ones()
+    {
+        using var dir = new TempDirectory();
+        var model = Model();
+        var trainable = model.Train("lm_head.weight");
+        var options = Options(o => { o.MaxSteps = 6; o.CheckpointEvery = 2; o.KeepLastCheckpoints = 1; });
+        var run = TrainerTestKit.Run(model, trainable, TinyData(), options, dir.Path);
+        var act = () => Trainer.Run(new TrainingRun
+        {
+            Model = run.Model, TrainableParameters = run.TrainableParameters, Optimizer = run.Optimizer, Data = run.Data,
+            Options = run.Options, OutputDirectory = run.OutputDirectory, Output = new FailingOutput(failAtCheckpoint: 2), WriteLossCurve = false,
+        });
+        act.Should().Throw<IOException>().WithMessage("disk full");
+        CheckpointStore.List(dir.Path).Select(c => c.Step).Should().Equal([2], "step-4 failed and step-2 is not pruned before a newer one is complete");
+        Directory.GetFileSystemEntries(CheckpointStore.Root(dir.Path)).Should().ContainSingle("the temporary folder is removed");
+        File.ReadAllText(Path.Combine(CheckpointStore.PathOf(dir.Path, 2), "adapter.txt")).Should().Be("partial", "the output's checkpoint files are part of the checkpoint");
+        File.Exists(Path.Combine(dir.Path, "result.txt")).Should().BeFalse();
+    }
+
+    [Fact]
+    public void Sequences_longer_than_the_model_allows_are_refused()
+    {
+        using var dir = new TempDirectory();
+        var model = new TinyCausalLm(Tokenizer.VocabSize, maxPositions: 12);
+        var data = TinyData(seqLen: 16);
+        var act = () => Trainer.Run(TrainerTestKit.Run(model, model.Train("lm_head.weight"), data, Options(), dir.Path));
+        act.Should().Throw<PeftConfigurationException>().WithMessage("*'data:seq_len' has value '*max_position_embeddings (12)*");
+    }
+}
