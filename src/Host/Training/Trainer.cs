@@ -65,6 +65,11 @@ public static class Trainer
             position = new DataPosition(state.DataEpoch, state.DataIndex);
             elapsedBefore = state.ElapsedSeconds;
         }
+        else if (CheckpointStore.List(run.OutputDirectory).Count > 0)
+        {
+            throw new PeftConfigurationException("output:dir", run.OutputDirectory,
+                "already holds checkpoints of an earlier run: continue it with training:resume = latest, or choose another output folder");
+        }
         int startStep = step;
 
         var metrics = new MetricsLog(run.OutputDirectory, startStep);

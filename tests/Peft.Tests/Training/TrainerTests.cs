@@ -133,6 +133,9 @@ public class TrainerTests
         var wrongParameters = () => Trainer.Run(TrainerTestKit.Run(other, other.Train("lm_head.weight"), TinyData(), subset, dir.Path));
         wrongParameters.Should().Throw<PeftFormatException>().WithMessage("*trainable.safetensors*'embed_tokens.weight' is not a trainable parameter*");
 
+        var fresh = () => Trainer.Run(TrainerTestKit.Run(other, FullFineTuning.TrainableParameters(other), TinyData(), Options(), dir.Path));
+        fresh.Should().Throw<PeftConfigurationException>().WithMessage("*'output:dir'*already holds checkpoints*");
+
         using var empty = new TempDirectory();
         var none = () => Trainer.Run(TrainerTestKit.Run(other, FullFineTuning.TrainableParameters(other), TinyData(), Options(o => o.Resume = "latest"), empty.Path));
         none.Should().Throw<PeftConfigurationException>().WithMessage("*'training:resume' has value 'latest': there is no checkpoint*");
