@@ -36,6 +36,20 @@ public class TextAndBatchingTests
     }
 
     [Fact]
+    public void The_shared_tinystories_text_loads_and_packs()
+    {
+        const string path = "/work/shared/data/tinystories/tinystories_train_head.txt";
+        var shared = Path.Combine(AppContext.BaseDirectory, "../../../../../../shared/data/tinystories/tinystories_train_head.txt");
+        var file = File.Exists(shared) ? shared : path;
+        var loaded = PlainTextDataset.Load(file, _tok, seqLen: 128, maxDocuments: 20);
+        loaded.Documents.Should().Be(20);
+        loaded.Examples.Should().OnlyContain(e => e.Length <= 128 && e.Length >= 2);
+        loaded.Examples.Sum(e => e.Length).Should().Be((int)loaded.Tokens);
+        loaded.Examples[0].InputIds[0].Should().Be(_tok.BosId);
+        loaded.Examples.SelectMany(e => e.InputIds).Count(id => id == _tok.EosId).Should().Be(20, "one EOS closes each document");
+    }
+
+    [Fact]
     public void Held_out_split_is_deterministic_from_the_seed()
     {
         using var dir = new TempDirectory();
