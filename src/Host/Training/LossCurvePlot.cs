@@ -1,0 +1,35 @@
+using Peft.Host.Formats;
+
+namespace Peft.Host.Training;
+
+/// <summary><c>loss_curve.png</c>: training loss (per logged step) and evaluation loss against the optimizer step, drawn with ScottPlot.</summary>
+public static class LossCurvePlot
+{
+    public const string FileName = "loss_curve.png";
+
+    /// <summary>Draw the curves and write the PNG atomically. Nothing is written when there is no point to draw.</summary>
+    public static bool Write(string path, IReadOnlyList<(int Step, double Loss)> train, IReadOnlyList<(int Step, double Loss)> eval, string title = "Loss")
+    {
+        var trainPoints = train.Where(p => double.IsFinite(p.Loss)).ToList();
+        var evalPoints = eval.Where(p => double.IsFinite(p.Loss)).ToList();
+        if (trainPoints.Count == 0 && evalPoints.Count == 0) return false;
+        var plot = new ScottPlot.Plot();
+        if (trainPoints.Count > 0)
+        {
+            var line = plot.Add.ScatterLine(trainPoints.Select(p => (double)p.Step).ToArray(), trainPoints.Select(p => p.Loss).ToArray());
+            line.LegendText = "train";
+        }
+        if (evalPoints.Count > 0)
+        {
+            var line = plot.Add.Scatter(evalPoints.Select(p => (double)p.Step).ToArray(), evalPoints.Select(p => p.Loss).ToArray());
+            line.LegendText = "eval";
+        }
+        plot.Title(title);
+        plot.XLabel("optimizer step");
+        plot.YLabel("cross-entropy loss");
+        plot.ShowLegend();
+        var png = plot.GetImageBytes(800, 500, ScottPlot.ImageFormat.Png);
+        AtomicFile.Write(path, fs => fs.Write(png));
+        return true;
+    }
+}

@@ -1,0 +1,339 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Peft.Abstractions;
+using Peft.Abstractions.Training;
+using Peft.Host.Data;
+using Peft.Host.Formats;
+using Peft.Host.Optimization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Peft.Host.Training;
+
+/// <summary>
+/// The training loop every method plugs into. One optimizer step s (0-based; logs, checkpoints and metrics
+/// number it s + 1):
+/// <code>
+///   hooks.OnStepStart(s)                          LISA picks the layers that train
+///   lr = base_lr · schedule(s)                    HF get_*_schedule_with_warmup
+///   N  = counted label tokens of the step's gradient_accumulation_steps micro-batches
+///   for each micro-batch b:  (Σ_b CE(logits, shifted labels) / N).backward()     token-weighted mean
+///   stop if the loss is not finite; clip the global gradient norm to max_grad_norm
+///   optimizer.Step(lr); optimizer.ZeroGrad(); hooks.OnStepEnd(s)
+/// </code>
+/// then logging, evaluation and checkpoints at their intervals. Every step runs in dispose scopes, so no
+/// native tensor outlives it. A run resumed from a checkpoint continues bit-identically on the CPU: weights,
+/// optimizer state, schedule position, torch's generator state and the data position are all restored, and the
+/// data order of an epoch is a pure function of (seed, epoch).
+/// </summary>
+public static class Trainer
+{
+    public static TrainingResult Run(TrainingRun run, CancellationToken cancellation = default)
+    {
+        var o = run.Options;
+        var model = run.Model;
+        var trainable = run.TrainableParameters;
+        if (trainable.Count == 0) throw new TrainingException("there is nothing to train: the trainable parameter list is empty");
+        var duplicate = trainable.GroupBy(p => p.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null) throw new TrainingException($"trainable parameter '{duplicate.Key}' is listed twice");
+        if (run.Data.Train.Count == 0) throw new TrainingException("there are no training examples");
+        int longest = run.Data.Train.Concat(run.Data.Validation).Max(e => e.Length);
+        if (longest > model.Shape.MaxPositionEmbeddings)
+            throw new PeftConfigurationException("data:seq_len", longest.ToString(CultureInfo.InvariantCulture),
+                $"sequences of {longest} tokens are longer than the model's max_position_embeddings ({model.Shape.MaxPositionEmbeddings})");
+        Directory.CreateDirectory(run.OutputDirectory);
+
+        ApplyModelOptions(run);
+
+        int microPerEpoch = (run.Data.Train.Count + o.BatchSize - 1) / o.BatchSize;
+        int totalSteps = o.MaxSteps > 0
+            ? o.MaxSteps
+            : Math.Max(1, (int)Math.Ceiling(o.Epochs * microPerEpoch / o.GradientAccumulationSteps - 1e-9));
+        var schedule = new LearningRateSchedule(o.LrScheduler, o.LearningRate, o.WarmupSteps, totalSteps);
+
+        using (torch.random.manual_seed(o.Seed)) { }
+        int step = 0;
+        var position = new DataPosition(0, 0);
+        double elapsedBefore = 0;
+        if (o.Resume is { } resume)
+        {
+            var directory = CheckpointStore.Resolve(resume, run.OutputDirectory);
+            var state = Restore(run, directory, totalSteps);
+            step = state.GlobalStep;
+            position = new DataPosition(state.DataEpoch, state.DataIndex);
+            elapsedBefore = state.ElapsedSeconds;
+        }
+        else if (CheckpointStore.List(run.OutputDirectory).Count > 0)
+        {
+            throw new PeftConfigurationException("output:dir", run.OutputDirectory,
+                "already holds checkpoints of an earlier run: continue it with training:resume = latest, or choose another output folder");
+        }
+        int startStep = step;
+
+        var metrics = new MetricsLog(run.OutputDirectory, startStep);
+        var sampler = new EpochSampler(run.Data.Train.Count, o.BatchSize, o.Seed, run.Data.ShuffleTrain, position);
+        var context = new TrainingContext
+        {
+            Model = model, Optimizer = run.Optimizer, TrainableParameters = trainable,
+            TotalSteps = totalSteps, Seed = o.Seed, Step = step,
+        };
+        var trainableTensors = trainable.Select(p => p.Parameter).ToList();
+        var steps = new List<StepRecord>();
+        var evaluations = new List<EvalRecord>();
+        var clock = Stopwatch.StartNew();
+        double Elapsed() => elapsedBefore + clock.Elapsed.TotalSeconds;
+        bool interrupted = false;
+        int lastCheckpoint = startStep;
+        var summary = TrainingSummary.Measure(model, trainable, run.Optimizer);
+
+        run.Progress.Run(startStep, totalSteps, sink =>
+        {
+            sink.WriteLine(run.Data.Description.Length > 0 ? run.Data.Description : $"{run.Data.Train.Count} training examples, {run.Data.Validation.Count} held out");
+            sink.WriteLine(summary.Describe());
+            sink.WriteLine(startStep > 0 ? $"resumed at step {startStep} of {totalSteps}" : $"training for {totalSteps} steps ({microPerEpoch} micro-batches per epoch, {o.GradientAccumulationSteps} per step)");
+
+            foreach (var hook in run.Hooks) hook.OnTrainingStart(context);
+            model.Module.train();
+            run.Optimizer.ZeroGrad();
+
+            double windowLoss = 0, windowSeconds = 0, windowGradNorm = 0;
+            long windowTokens = 0;
+            int windowSteps = 0;
+            while (step < totalSteps)
+            {
+                if (cancellation.IsCancellationRequested) { interrupted = true; break; }
+                var stepClock = Stopwatch.StartNew();
+                context.Step = step;
+                foreach (var hook in run.Hooks) hook.OnStepStart(context);
+                double lr = schedule.LearningRate(step);
+
+                var micro = new List<CollatedBatch>(o.GradientAccumulationSteps);
+                for (int a = 0; a < o.GradientAccumulationSteps; a++)
+                    micro.Add(BatchCollator.Collate(sampler.NextBatch().Select(i => run.Data.Train[i]).ToList(), run.Data.PadId));
+                int countedTokens = micro.Sum(m => m.CountedTokens);
+                double lossSum = 0;
+                foreach (var batch in micro)
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1);
+                double loss = lossSum / countedTokens;
+                if (!double.IsFinite(loss))
+                    throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
+
+                double gradNorm = GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm);
+                if (!double.IsFinite(gradNorm))
+                    throw new TrainingException($"the gradient norm is {gradNorm.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged");
+                run.Optimizer.Step(lr);
+                run.Optimizer.ZeroGrad();
+                foreach (var hook in run.Hooks) hook.OnStepEnd(context);
+                step++;
+
+                double seconds = stepClock.Elapsed.TotalSeconds;
+                int realTokens = micro.Sum(m => m.RealTokens);
+                steps.Add(new StepRecord(step, loss, lr, gradNorm, countedTokens));
+                windowLoss += loss; windowGradNorm += gradNorm; windowSeconds += seconds; windowTokens += realTokens; windowSteps++;
+                bool logStep = step % o.LogEvery == 0 || step == totalSteps;
+                double tokensPerSecond = windowTokens / Math.Max(1e-9, windowSeconds);
+                if (logStep)
+                {
+                    double epoch = (double)step * o.GradientAccumulationSteps / microPerEpoch;
+                    metrics.LogTrain(step, windowLoss / windowSteps, lr, windowGradNorm / windowSteps, tokensPerSecond, Elapsed(), epoch);
+                }
+                sink.OnStep(new StepReport(step, totalSteps, startStep, logStep ? windowLoss / windowSteps : loss, lr,
+                    logStep ? windowGradNorm / windowSteps : gradNorm, tokensPerSecond, clock.Elapsed, logStep));
+                if (logStep) { windowLoss = 0; windowGradNorm = 0; windowSeconds = 0; windowTokens = 0; windowSteps = 0; }
+
+                bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
+                if (evalStep)
+                {
+                    var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId);
+                    evaluations.Add(new EvalRecord(step, evalLoss, evalTokens));
+                    metrics.LogEval(step, evalLoss, evalTokens, Elapsed());
+                    sink.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {step}: eval loss {evalLoss:0.0000} over {evalTokens} tokens"));
+                }
+
+                if (o.CheckpointEvery > 0 && (step % o.CheckpointEvery == 0 || step == totalSteps))
+                {
+                    SaveCheckpoint(run, step, totalSteps, sampler.Position, loss, Elapsed());
+                    lastCheckpoint = step;
+                    sink.WriteLine($"step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
+                }
+            }
+
+            if (interrupted && step > lastCheckpoint)
+            {
+                SaveCheckpoint(run, step, totalSteps, sampler.Position, steps.Count > 0 ? steps[^1].Loss : null, Elapsed());
+                sink.WriteLine($"stopped at step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
+            }
+
+            if (!interrupted) run.Output.WriteFinal(run.OutputDirectory);
+            summary = TrainingSummary.Measure(model, trainable, run.Optimizer) with
+            {
+                TrainExamples = run.Data.Train.Count,
+                ValidationExamples = run.Data.Validation.Count,
+                TotalSteps = totalSteps,
+                FinalStep = step,
+                FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
+                FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
+                ElapsedSeconds = Math.Round(Elapsed(), 3),
+            };
+            sink.WriteLine(summary.Describe());
+            sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
+        });
+
+        AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+        if (run.WriteLossCurve)
+        {
+            var (trainCurve, evalCurve) = MetricsLog.ReadCurves(metrics.Path);
+            LossCurvePlot.Write(Path.Combine(run.OutputDirectory, LossCurvePlot.FileName), trainCurve, evalCurve);
+        }
+        return new TrainingResult
+        {
+            Steps = steps, Evaluations = evaluations, StartStep = startStep, FinalStep = step,
+            TotalSteps = totalSteps, Interrupted = interrupted, Summary = summary,
+        };
+    }
+
+    /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.</summary>
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber)
+    {
+        using var scope = torch.NewDisposeScope();
+        var (inputIds, labels) = batch.ToTensors(model.Device);
+        var logits = model.Logits(inputIds);
+        var sum = CausalLmLoss.Sum(logits, labels);
+        if (!sum.requires_grad)
+            throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
+        var scaled = sum / stepTokens;
+        scaled.backward();
+        return sum.item<float>();
+    }
+
+    /// <summary>Mean loss over the counted tokens of the first <paramref name="maxBatches"/> held-out micro-batches (0 = all), in file order.</summary>
+    public static (double Loss, long Tokens) Evaluate(Model.ICausalLanguageModel model, IReadOnlyList<TokenizedExample> examples, int batchSize, int maxBatches, int padId)
+    {
+        model.Module.eval();
+        try
+        {
+            using var noGrad = torch.no_grad();
+            double sum = 0;
+            long tokens = 0;
+            int batches = 0;
+            for (int start = 0; start < examples.Count; start += batchSize)
+            {
+                if (maxBatches > 0 && batches >= maxBatches) break;
+                using var scope = torch.NewDisposeScope();
+                var batch = BatchCollator.Collate(examples.Skip(start).Take(batchSize).ToList(), padId);
+                var (inputIds, labels) = batch.ToTensors(model.Device);
+                sum += CausalLmLoss.Sum(model.Logits(inputIds), labels).item<float>();
+                tokens += batch.CountedTokens;
+                batches++;
+            }
+            return (tokens == 0 ? double.NaN : sum / tokens, tokens);
+        }
+        finally
+        {
+            model.Module.train();
+        }
+    }
+
+    static void ApplyModelOptions(TrainingRun run)
+    {
+        var o = run.Options;
+        if (o.BaseDtype == "bfloat16")
+        {
+            if (run.Model is not IBaseWeightsCaster caster)
+                throw new PeftConfigurationException("training:base_dtype", o.BaseDtype, "this model cannot store its frozen weights in bfloat16");
+            var names = run.TrainableParameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
+            caster.CastFrozenWeights(ScalarType.BFloat16, names.Contains);
+        }
+        if (o.ActivationCheckpointing)
+        {
+            if (run.Model is not IActivationCheckpointing checkpointing)
+                throw new PeftConfigurationException("training:activation_checkpointing", "true", "this model does not support activation checkpointing");
+            checkpointing.ActivationCheckpointing = true;
+        }
+    }
+
+    static void SaveCheckpoint(TrainingRun run, int step, int totalSteps, DataPosition position, double? loss, double elapsedSeconds)
+    {
+        var o = run.Options;
+        using var scope = torch.NewDisposeScope();
+        using var rng = torch.get_rng_state();
+        var state = new TrainerState
+        {
+            GlobalStep = step,
+            TotalSteps = totalSteps,
+            LrScheduler = o.LrScheduler,
+            SchedulerStep = step,
+            Seed = o.Seed,
+            DataEpoch = position.Epoch,
+            DataIndex = position.Index,
+            DataShuffle = run.Data.ShuffleTrain,
+            TrainExamples = run.Data.Train.Count,
+            BatchSize = o.BatchSize,
+            GradientAccumulationSteps = o.GradientAccumulationSteps,
+            TorchRngState = Convert.ToBase64String(rng.bytes.ToArray()),
+            ElapsedSeconds = Math.Round(elapsedSeconds, 3),
+            Loss = loss is { } l && double.IsFinite(l) ? l : null,
+            TrainableParameters = run.TrainableParameters.Select(p => p.Name).ToList(),
+        };
+        var trainable = run.TrainableParameters.ToDictionary(p => p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal);
+        CheckpointStore.Write(CheckpointStore.PathOf(run.OutputDirectory, step), state, trainable, run.Optimizer.GetState(), run.Output);
+        CheckpointStore.Prune(run.OutputDirectory, o.KeepLastCheckpoints);
+    }
+
+    /// <summary>Load a checkpoint into the run: trainable weights, optimizer state, torch's generator. Returns its state.</summary>
+    static TrainerState Restore(TrainingRun run, string directory, int totalSteps)
+    {
+        var o = run.Options;
+        var state = CheckpointStore.ReadState(directory);
+        void Same<T>(string key, T now, T then)
+        {
+            if (!EqualityComparer<T>.Default.Equals(now, then))
+                throw new PeftConfigurationException(key, Convert.ToString(now, CultureInfo.InvariantCulture),
+                    $"differs from the checkpoint {directory}, which was made with {Convert.ToString(then, CultureInfo.InvariantCulture)}; a resumed run must keep it");
+        }
+        Same("training:seed", o.Seed, state.Seed);
+        Same("training:batch_size", o.BatchSize, state.BatchSize);
+        Same("training:gradient_accumulation_steps", o.GradientAccumulationSteps, state.GradientAccumulationSteps);
+        Same("data:shuffle", run.Data.ShuffleTrain, state.DataShuffle);
+        if (run.Data.Train.Count != state.TrainExamples)
+            throw new PeftConfigurationException("data:path", null, $"gives {run.Data.Train.Count} training examples, the checkpoint {directory} was made with {state.TrainExamples}; a resumed run must use the same data");
+        if (state.GlobalStep > totalSteps)
+            throw new PeftConfigurationException("training:max_steps", totalSteps.ToString(CultureInfo.InvariantCulture), $"is below the checkpoint's step {state.GlobalStep} ({directory})");
+        if (state.DataIndex < 0 || state.DataIndex >= run.Data.Train.Count || state.DataEpoch < 0)
+            throw new PeftFormatException($"{Path.Combine(directory, CheckpointStore.StateFile)}: data position (epoch {state.DataEpoch}, index {state.DataIndex}) is outside the {run.Data.Train.Count} training examples");
+
+        // trainable weights: exactly the run's trainable names, same shapes
+        var weightsPath = Path.Combine(directory, CheckpointStore.TrainableFile);
+        var weights = Safetensors.Load(weightsPath);
+        try
+        {
+            var expected = run.TrainableParameters.ToDictionary(p => p.Name, p => p.Parameter, StringComparer.Ordinal);
+            foreach (var key in weights.Keys)
+                if (!expected.ContainsKey(key)) throw new PeftFormatException($"{weightsPath}: tensor '{key}' is not a trainable parameter of this run (was the checkpoint made with another method or configuration?)");
+            using var noGrad = torch.no_grad();
+            foreach (var (name, p) in expected)
+            {
+                if (!weights.TryGetValue(name, out var t)) throw new PeftFormatException($"{weightsPath}: trainable parameter '{name}' is missing");
+                if (!t.shape.SequenceEqual(p.shape))
+                    throw new PeftFormatException($"{weightsPath}: tensor '{name}' has shape [{string.Join(", ", t.shape)}], the parameter has [{string.Join(", ", p.shape)}]");
+                if (t.dtype != p.dtype) throw new PeftFormatException($"{weightsPath}: tensor '{name}' is {t.dtype}, the parameter is {p.dtype}");
+                p.copy_(t);
+            }
+        }
+        finally { foreach (var t in weights.Values) t.Dispose(); }
+
+        var optimizerPath = Path.Combine(directory, CheckpointStore.OptimizerFile);
+        var optimizerState = Safetensors.Load(optimizerPath);
+        try { run.Optimizer.LoadState(optimizerState); }
+        catch (ArgumentException e) { throw new PeftFormatException($"{optimizerPath}: {e.Message}"); }
+        finally { foreach (var t in optimizerState.Values) t.Dispose(); }
+
+        byte[] rngBytes;
+        try { rngBytes = Convert.FromBase64String(state.TorchRngState); }
+        catch (FormatException) { throw new PeftFormatException($"{Path.Combine(directory, CheckpointStore.StateFile)}: torch_rng_state is not base64"); }
+        using (var rng = torch.tensor(rngBytes, dtype: ScalarType.Byte)) torch.set_rng_state(rng);
+        return state;
+    }
+}
