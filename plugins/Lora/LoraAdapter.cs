@@ -159,6 +159,15 @@ public sealed class LoraAdapter : IAdapter
     /// Delete the adapter from every layer (unmerging first). A layer left without adapters is replaced in its
     /// slot by the original base layer and disposed.
     /// </summary>
+    public void MergeAndUnload(bool safe = true)
+    {
+        CheckAlive();
+        Merge(safe);
+        // The deltas now live in the base weights: drop the wrappers without subtracting them again.
+        foreach (var (_, layer) in _layers) layer.KeepMerged(Name);
+        Remove();
+    }
+
     public void Remove()
     {
         if (_removed) return;

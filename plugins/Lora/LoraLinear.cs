@@ -284,6 +284,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     }
 
     /// <summary>Delete an adapter (unmerging it first) and free its factors. Returns the number of adapters left.</summary>
+    /// <summary>Keep a merged adapter's delta in the base weight and forget that it was merged (for merge-and-unload).</summary>
+    internal void KeepMerged(string adapter) => _adapters[Check(adapter)].Merged = false;
+
     public int RemoveAdapter(string adapter)
     {
         var state = _adapters[Check(adapter)];

@@ -42,4 +42,10 @@ public interface IAdapter
 
     /// <summary>Remove the adapter from the model, restoring the layers it wrapped (unmerged).</summary>
     void Remove();
+
+    /// <summary>
+    /// Fold the adapter into the base weights for good and take its layers out of the model (HF PEFT's
+    /// <c>merge_and_unload</c>): afterwards the slots hold plain base layers carrying the merged weights.
+    /// </summary>
+    void MergeAndUnload(bool safe = true);
 }

@@ -1,4 +1,6 @@
 using Microsoft.Extensions.DependencyInjection;
+using Peft.Abstractions.Optimization;
+using Peft.Host.Optimization;
 
 namespace Peft.Host.Plugins;
 
@@ -11,7 +13,6 @@ public static class BuiltInServices
 {
     public static void Register(IServiceCollection services)
     {
-        // The training issue registers the built-in "adamw" IOptimizerStrategy here:
-        // services.AddSingleton<IOptimizerStrategy, AdamWStrategy>();
+        services.AddSingleton<IOptimizerStrategy, AdamWStrategy>();
     }
 }

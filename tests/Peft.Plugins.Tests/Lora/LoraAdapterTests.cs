@@ -126,6 +126,30 @@ public sealed class LoraAdapterTests
     }
 
     [Fact]
+    public void Merge_and_unload_leaves_plain_base_layers_holding_W_plus_scaled_BA()
+    {
+        torch.manual_seed(23);
+        var model = FakeLlamaModel.Tiny();
+        var baseLayer = model.GetLinear(Q0);
+        using var w0 = baseLayer.DenseWeight();
+        var adapter = Attach(model, "default", """{ "r": 4, "lora_alpha": 8, "init_lora_weights": false }""");
+        var layer = (LoraLinear)model.GetLinear(Q0);
+        using var x = torch.randn(3, 16);
+        using var adapted = layer.forward(x);
+        var a = adapter.GetStateDict()[Q0 + ".lora_A.weight"].detach().clone();
+        var b = adapter.GetStateDict()[Q0 + ".lora_B.weight"].detach().clone();
+
+        adapter.MergeAndUnload();
+
+        model.GetLinear(Q0).Should().BeSameAs(baseLayer);                 // the wrapper is gone
+        model.NamedParameters().Should().NotContain(p => p.Name.Contains("lora_"));
+        using var expected = w0 + 2.0 * b.matmul(a);                        // scaling = 8 / 4
+        using (var w = baseLayer.DenseWeight()) TestTensors.MaxAbsDiff(w, expected).Should().BeLessThan(1e-6);
+        using (var y = baseLayer.Module.forward(x)) TestTensors.MaxAbsDiff(y, adapted).Should().BeLessThan(1e-5);
+        a.Dispose(); b.Dispose();
+    }
+
+    [Fact]
     public void A_failed_safe_merge_names_the_module_and_leaves_every_layer_unmerged()
     {
         var model = FakeLlamaModel.Tiny();

@@ -44,6 +44,7 @@ public sealed class PeftAdapterFolderHostTests : IDisposable
         public void Merge(bool safe = true) { }
         public void Unmerge() { }
         public void Remove() => RemoveCalled = true;
+        public void MergeAndUnload(bool safe = true) => throw new NotSupportedException();
     }
 
     sealed class FakeMethod : IPeftMethod
