@@ -247,7 +247,8 @@ public static class HfModelFolder
                 var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = sortedMap };
                 File.WriteAllText(Path.Combine(tmp, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             }
-            if (tokenizerModelPath is not null) File.Copy(tokenizerModelPath, Path.Combine(tmp, TokenizerFile));
+            // Copy the bytes (not the file, whose read-only mode would come along).
+            if (tokenizerModelPath is not null) File.WriteAllBytes(Path.Combine(tmp, TokenizerFile), File.ReadAllBytes(tokenizerModelPath));
         });
     }
 
