@@ -98,7 +98,7 @@ public static class HfModelFolder
         using (t)
         {
             using var e = model.EmbeddingWeight.detach().to(t.dtype);
-            if (!t.shape.SequenceEqual(e.shape) || !t.equal(e).ToBoolean())
+            if (!t.shape.SequenceEqual(e.shape) || !t.eq(e).all().item<bool>())
                 throw new PeftFormatException($"{file}: tensor '{name}' differs from model.embed_tokens.weight but config.json has tie_word_embeddings=true");
         }
     }
