@@ -9,6 +9,9 @@ public static class CommandLine
     /// <summary>Every verb. New commands are added here.</summary>
     public static IReadOnlyList<ICliCommand> Commands { get; } = new List<ICliCommand>
     {
+        new Commands.ImportLlama2cCommand(),
+        new Commands.GenerateCommand(),
+        new Commands.EvalCommand(),
         new Peft.Host.Commands.PluginsCommand(),
     };
 

@@ -15,4 +15,13 @@ public interface ICausalLanguageModel : IPeftModel
 
     /// <summary>The model as a module (for train/eval mode, parameters, state).</summary>
     nn.Module Module { get; }
+
+    /// <summary>
+    /// input_ids (batch, seq) -> logits (batch, seq, vocab) fp32, continuing the sequence held in
+    /// <paramref name="cache"/> (positions cache.Length ..), whose keys/values are extended; null: no cache.
+    /// </summary>
+    Tensor Forward(Tensor inputIds, KvCache? cache);
+
+    /// <summary>An empty KV cache for generation (capacity: max_position_embeddings unless given).</summary>
+    KvCache CreateKvCache(int batchSize = 1, int? capacity = null);
 }

@@ -1,0 +1,64 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Peft.Host.Cli;
+using Peft.Host.Evaluation;
+
+namespace Peft.Host.Commands;
+
+/// <summary><c>peft eval</c>: loss and perplexity of a model folder on a text file.</summary>
+public sealed class EvalCommand : ICliCommand
+{
+    public string Name => "eval";
+    public string Summary => "loss and perplexity of a model folder on a .txt or .jsonl file";
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--json" };
+
+    public string Help =>
+        """
+        usage: peft eval --model DIR --data FILE [--json]
+
+        Evaluates next-token prediction. Documents: in a .txt file, blocks separated by blank lines (each
+        trimmed, inner newlines kept); in a .jsonl file, the "text" field of each line. Each document is
+        tokenized as BOS + tokens (no EOS). loss = mean negative log-likelihood (nats) over every predicted token
+        of every document (token-weighted); perplexity = exp(loss); tokens = number of predicted tokens.
+        A document longer than the context (max_position_embeddings) is cut into windows; each window after the
+        first starts with the previous window's last token as context, so every token is predicted once.
+
+        options:
+          --model DIR    HF model folder (config.json, model.safetensors, tokenizer.model)
+          --data FILE    .txt or .jsonl evaluation file
+          --json         also print {"loss": ..., "perplexity": ..., "tokens": ...} as the last line
+
+        example:
+          peft eval --model models/stories260K --data tinystories_valid.txt --json
+        """;
+
+    public int Run(CommandArgs args, CliContext context)
+    {
+        var dir = args.Required("--model");
+        var data = args.Required("--data");
+        bool json = args.Flag("--json");
+        // Adapter slot: the lead adds `--adapter DIR` here (read it with args.Optional before ThrowOnUnused, then
+        // attach the adapter to `model` below, before Evaluator.Evaluate). Not accepted yet.
+        args.ThrowOnUnused();
+        if (!File.Exists(data)) throw new CliException($"{Name}: option '--data': file '{data}' not found");
+        var documents = EvalDocuments.Read(data);
+
+        var (model, tokenizer) = ModelFolderArgs.Open(Name, dir);
+        using (model)
+        {
+            // (adapter attachment goes here)
+            var result = Evaluator.Evaluate(model, tokenizer, documents);
+            var inv = CultureInfo.InvariantCulture;
+            context.Out.WriteLine($"documents   {documents.Count}");
+            context.Out.WriteLine($"tokens      {result.Tokens}");
+            context.Out.WriteLine(string.Create(inv, $"loss        {result.Loss:F6}"));
+            context.Out.WriteLine(string.Create(inv, $"perplexity  {result.Perplexity:F6}"));
+            if (json)
+            {
+                var o = new JsonObject { ["loss"] = result.Loss, ["perplexity"] = result.Perplexity, ["tokens"] = result.Tokens };
+                context.Out.WriteLine(o.ToJsonString());
+            }
+        }
+        return 0;
+    }
+}

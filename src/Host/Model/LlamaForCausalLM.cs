@@ -1,0 +1,163 @@
+using System.Text.RegularExpressions;
+using Peft.Abstractions.Model;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Peft.Host.Model;
+
+/// <summary>
+/// A Llama-family decoder-only language model (HF's LlamaForCausalLM): ids (B, T) int64 -> logits (B, T, V) fp32.
+/// Its module tree gives HF's parameter names (<c>model.layers.0.self_attn.q_proj.weight</c>, <c>lm_head.weight</c>);
+/// with <c>tie_word_embeddings</c> the head reuses <c>model.embed_tokens.weight</c> and has no parameter of its own.
+/// Parameters live in a storage dtype (fp32, bf16 or fp16) on one device and are built there; compute is fp32.
+/// Every linear layer is a slot addressed by its HF module name (<see cref="GetLinear"/>, <see cref="SetLinear"/>).
+/// </summary>
+public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLanguageModel
+{
+    public const string HeadName = "lm_head";
+
+#pragma warning disable IDE1006 // HF module names
+    readonly LlamaModel model;
+    ILinearLayer lm_head;
+#pragma warning restore IDE1006
+    readonly Dictionary<string, (ILinearSlotOwner Owner, string Slot)> _slotOwners = new(StringComparer.Ordinal);
+    readonly List<string> _linearNames = new();
+    readonly HeadSlot _headSlot;
+
+    /// <summary>
+    /// Build the model on <paramref name="device"/>. With <paramref name="initialize"/>, weights follow HF's
+    /// <c>_init_weights</c> (linears and embedding ~ N(0, initializer_range), norms 1); otherwise they are zero
+    /// (to be overwritten by a checkpoint).
+    /// </summary>
+    public LlamaForCausalLM(LlamaConfig config, ScalarType storageDtype = ScalarType.Float32, Device? device = null,
+                            bool initialize = true)
+        : base(nameof(LlamaForCausalLM))
+    {
+        if (storageDtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"storage dtype must be Float32, BFloat16 or Float16, not {storageDtype}");
+        config.Validate("LlamaConfig");
+        Config = config;
+        StorageDtype = storageDtype;
+        Device = device ?? torch.CPU;
+        model = new LlamaModel(config, storageDtype, Device);
+        lm_head = config.TieWordEmbeddings
+            ? new TiedOutputHead(() => model.embed_tokens.Weight, config.HiddenSize, config.VocabSize)
+            : new BaseLinear(config.HiddenSize, config.VocabSize, false, storageDtype, Device);
+        _headSlot = new HeadSlot(this);
+        register_module("model", model);
+        register_module(HeadName, lm_head.Module);
+        RegisterComponents();
+
+        for (int i = 0; i < config.NumHiddenLayers; i++)
+        {
+            var layer = model.layers[i];
+            foreach (var slot in new[] { "q_proj", "k_proj", "v_proj", "o_proj" })
+                AddSlot($"model.layers.{i}.self_attn.{slot}", layer.self_attn, slot);
+            foreach (var slot in new[] { "gate_proj", "up_proj", "down_proj" })
+                AddSlot($"model.layers.{i}.mlp.{slot}", layer.mlp, slot);
+        }
+        AddSlot(HeadName, _headSlot, HeadName);
+
+        if (initialize) InitializeWeights();
+    }
+
+    public LlamaConfig Config { get; }
+    public ScalarType StorageDtype { get; }
+    public Device Device { get; }
+    public ModelShape Shape => Config.ToShape();
+    public IReadOnlyList<string> LinearLayerNames => _linearNames;
+    public string OutputHeadName => HeadName;
+    public nn.Module Module => this;
+
+    /// <summary>The token embedding parameter (vocab, hidden), <c>model.embed_tokens.weight</c>.</summary>
+    public Parameter EmbeddingWeight => model.embed_tokens.Weight;
+
+    void AddSlot(string name, ILinearSlotOwner owner, string slot)
+    {
+        _slotOwners[name] = (owner, slot);
+        _linearNames.Add(name);
+    }
+
+    public ILinearLayer GetLinear(string name)
+    {
+        var (owner, slot) = Lookup(name);
+        return owner.GetSlot(slot);
+    }
+
+    public void SetLinear(string name, ILinearLayer layer)
+    {
+        var (owner, slot) = Lookup(name);
+        owner.SetSlot(slot, layer);
+    }
+
+    (ILinearSlotOwner, string) Lookup(string name) =>
+        _slotOwners.TryGetValue(name, out var hit)
+            ? hit
+            : throw new KeyNotFoundException(
+                $"the model has no linear layer '{name}' (names look like 'model.layers.0.self_attn.q_proj', " +
+                $"'model.layers.0.mlp.down_proj' or 'lm_head'; layers 0..{Config.NumHiddenLayers - 1})");
+
+    [GeneratedRegex(@"(?:^|\.)layers\.(\d+)(?:\.|$)")]
+    private static partial Regex LayerIndexPattern();
+
+    public int? LayerIndexOf(string name)
+    {
+        var m = LayerIndexPattern().Match(name);
+        return m.Success && int.TryParse(m.Groups[1].Value, out var i) ? i : null;
+    }
+
+    public IEnumerable<(string Name, Parameter Parameter)> NamedParameters() =>
+        named_parameters().Select(p => (p.name, p.parameter));
+
+    /// <summary>ids (B, T) int64 -> logits (B, T, V) fp32, positions 0..T-1, causal mask, no cache.</summary>
+    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
+
+    public Tensor Logits(Tensor inputIds) => Forward(inputIds, null);
+
+    /// <summary>
+    /// ids (B, T) -> logits (B, T, V) fp32. With a cache the ids continue the cached sequence (positions
+    /// cache.Length ..) and their keys/values are added to it.
+    /// </summary>
+    public Tensor Forward(Tensor inputIds, KvCache? cache)
+    {
+        if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be (batch, seq), got [{string.Join(", ", inputIds.shape)}]");
+        long end = (cache?.Length ?? 0) + inputIds.shape[1];
+        if (end > Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"sequence of {end} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
+        using var scope = torch.NewDisposeScope();
+        var hidden = model.call(inputIds, cache);              // (B, T, D)
+        var logits = lm_head.Module.call(hidden);               // (B, T, V)
+        return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    public KvCache CreateKvCache(int batchSize = 1, int? capacity = null) =>
+        new(Config.NumHiddenLayers, batchSize, Config.NumKeyValueHeads, capacity ?? Config.MaxPositionEmbeddings, Config.HeadDim, Device);
+
+    void InitializeWeights()
+    {
+        using var _ = torch.no_grad();
+        double std = Config.InitializerRange;
+        foreach (var (name, p) in named_parameters())
+        {
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1.0);
+            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
+            else p.normal_(0.0, std);
+        }
+    }
+
+    /// <summary>The lm_head slot: replacing it re-registers the child so parameters follow.</summary>
+    sealed class HeadSlot(LlamaForCausalLM owner) : ILinearSlotOwner
+    {
+        public ILinearLayer GetSlot(string slot) => owner.lm_head;
+
+        public void SetSlot(string slot, ILinearLayer layer)
+        {
+            LinearSlotChecks.CheckReplacement(slot, owner.lm_head, layer);
+            owner.lm_head = layer;
+            owner.ClearModules();
+            owner.register_module("model", owner.model);
+            owner.register_module(HeadName, layer.Module);
+        }
+    }
+}

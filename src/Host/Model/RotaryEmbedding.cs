@@ -1,0 +1,43 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Peft.Host.Model;
+
+/// <summary>
+/// Rotary position embeddings (Su et al. 2021) in HF's rotate-half layout: for a head vector x (head_dim) at
+/// position p, with inv_freq[i] = theta^(-2i/d) (i &lt; d/2) and angle[j] = p * inv_freq[j mod d/2],
+/// <c>rope(x) = x * cos(angle) + rotate_half(x) * sin(angle)</c>, rotate_half(x) = cat(-x[d/2:], x[:d/2]).
+/// (llama2.c rotates adjacent pairs instead; its importer permutes the q/k rows to this layout.)
+/// Not a module: it has no parameters and its tables are computed per call.
+/// </summary>
+public sealed class RotaryEmbedding(int headDim, double theta)
+{
+    public int HeadDim { get; } = headDim;
+    public double Theta { get; } = theta;
+
+    /// <summary>cos and sin tables (T, head_dim) fp32 for positions start .. start+T-1, computed in fp64.</summary>
+    public (Tensor Cos, Tensor Sin) Tables(long start, long length, Device device)
+    {
+        using var scope = torch.NewDisposeScope();
+        var half = HeadDim / 2;
+        var exponents = torch.arange(0, half, dtype: ScalarType.Float64, device: device).mul_(2.0 / HeadDim);
+        var invFreq = exponents.mul_(-Math.Log(Theta)).exp_();                                      // (d/2) theta^(-2i/d)
+        var positions = torch.arange(start, start + length, dtype: ScalarType.Float64, device: device); // (T)
+        var angles = torch.outer(positions, invFreq);                                              // (T, d/2)
+        var full = torch.cat(new[] { angles, angles }, dim: -1);                                   // (T, d)
+        var cos = full.cos().to(ScalarType.Float32).MoveToOuterDisposeScope();
+        var sin = full.sin().to(ScalarType.Float32).MoveToOuterDisposeScope();
+        return (cos, sin);
+    }
+
+    /// <summary>x (B, heads, T, d) rotated by the tables (T, d).</summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        using var scope = torch.NewDisposeScope();
+        var half = x.shape[^1] / 2;
+        var x1 = x.narrow(-1, 0, half);
+        var x2 = x.narrow(-1, half, half);
+        var rotated = torch.cat(new[] { x2.neg(), x1 }, dim: -1);
+        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+    }
+}
