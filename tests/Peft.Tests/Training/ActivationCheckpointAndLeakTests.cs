@@ -10,7 +10,7 @@ public class ActivationCheckpointAndLeakTests
 {
     static Dictionary<string, float[]> Gradients(bool checkpointing, params string[] trainable)
     {
-        var model = Model();
+        var model = TinyModel();
         model.ActivationCheckpointing = checkpointing;
         model.Train(trainable);
         using var scope = torch.NewDisposeScope();
@@ -43,7 +43,7 @@ public class ActivationCheckpointAndLeakTests
         List<double> Losses(bool checkpointing)
         {
             using var dir = new TempDirectory();
-            var model = Model();
+            var model = TinyModel();
             var options = Options(o => { o.MaxSteps = 4; o.ActivationCheckpointing = checkpointing; });
             return Trainer.Run(TrainerTestKit.Run(model, model.Train("layers.0.up_proj.weight", "layers.1.down_proj.weight"), TinyData(), options, dir.Path))
                 .Steps.Select(s => s.Loss).ToList();
@@ -59,7 +59,7 @@ public class ActivationCheckpointAndLeakTests
         // Live TorchSharp tensors on this thread after each step (taken at the end of the step). Steps 1-2 warm up
         // (the optimizer creates its moments); from then on every step, evaluation and checkpoint must free all it made.
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var live = new List<long>();
         var probe = new CallbackHook(onStepEnd: _ => live.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount));
         var options = Options(o =>

@@ -171,6 +171,11 @@ public sealed class TinyCausalLm : ICausalLanguageModel, IBaseWeightsCaster, IAc
 
     public Tensor Logits(Tensor inputIds) => _module.forward(inputIds);
 
+    public Tensor Forward(Tensor inputIds, KvCache? cache) =>
+        cache is null ? _module.forward(inputIds) : throw new NotSupportedException("the trainer tests' model has no KV cache");
+
+    public KvCache CreateKvCache(int batchSize = 1, int? capacity = null) => throw new NotSupportedException("the trainer tests' model has no KV cache");
+
     public nn.Module Module => _module;
 
     public bool ActivationCheckpointing { get => _module.Checkpointing; set => _module.Checkpointing = value; }

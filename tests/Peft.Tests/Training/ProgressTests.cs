@@ -12,7 +12,7 @@ public class ProgressTests
     {
         using var dir = new TempDirectory();
         var writer = new StringWriter();
-        var model = Model();
+        var model = TinyModel();
         var run = TrainerTestKit.Run(model, model.Train("lm_head.weight"), TinyData(), Options(o => { o.MaxSteps = 6; o.LogEvery = 3; }), dir.Path);
         Trainer.Run(new TrainingRun
         {
@@ -39,7 +39,7 @@ public class ProgressTests
             Ansi = AnsiSupport.Yes, Interactive = InteractionSupport.Yes, ColorSystem = ColorSystemSupport.NoColors,
             Out = new AnsiConsoleOutput(writer),
         });
-        var model = Model();
+        var model = TinyModel();
         var run = TrainerTestKit.Run(model, model.Train("lm_head.weight"), TinyData(), Options(o => o.MaxSteps = 3), dir.Path);
         Trainer.Run(new TrainingRun
         {

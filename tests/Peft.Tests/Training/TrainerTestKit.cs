@@ -49,7 +49,7 @@ public static class TrainerTestKit
             WriteLossCurve = lossCurve,
         };
 
-    public static TinyCausalLm Model(ulong seed = 7) => new(Tokenizer.VocabSize, seed: seed);
+    public static TinyCausalLm TinyModel(ulong seed = 7) => new(Tokenizer.VocabSize, seed: seed);
 
     public static Dictionary<string, float[]> Snapshot(TinyCausalLm model) =>
         model.NamedParameters().ToDictionary(p => p.Name, p => p.Parameter.to_type(TorchSharp.torch.ScalarType.Float32).data<float>().ToArray());

@@ -17,7 +17,7 @@ public class TrainerTests
     public void Full_fine_tuning_loss_falls_and_writes_weights_metrics_summary_and_curve()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var trainable = FullFineTuning.TrainableParameters(model);
         var options = Options(o => { o.MaxSteps = 40; o.LogEvery = 10; o.EvalEvery = 20; });
         var result = Trainer.Run(TrainerTestKit.Run(model, trainable, TinyData(validation: 2), options, dir.Path, lossCurve: true));
@@ -56,7 +56,7 @@ public class TrainerTests
     public void Only_trainable_parameters_change_and_frozen_ones_stay_bit_identical()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var trainable = model.Train("layers.1.up_proj.weight", "lm_head.weight");
         var before = Snapshot(model);
         var result = Trainer.Run(TrainerTestKit.Run(model, trainable, TinyData(), Options(o => o.MaxSteps = 5), dir.Path));
@@ -83,7 +83,7 @@ public class TrainerTests
         var data = TinyData(sequences: 10, validation: 2);
 
         using var full = new TempDirectory();
-        var uninterruptedModel = Model();
+        var uninterruptedModel = TinyModel();
         var uninterrupted = Trainer.Run(TrainerTestKit.Run(uninterruptedModel, FullFineTuning.TrainableParameters(uninterruptedModel), data, Make(), full.Path));
         uninterrupted.Steps.Should().HaveCount(8);
         CheckpointStore.List(full.Path).Select(c => c.Step).Should().Equal([6, 8], "step-3 was pruned after step-8 was complete (keep 2)");
@@ -93,14 +93,14 @@ public class TrainerTests
 
         using var split = new TempDirectory();
         using var cancel = new CancellationTokenSource();
-        var firstModel = Model();
+        var firstModel = TinyModel();
         var stop = new CallbackHook(onStepEnd: c => { if (c.Step == 3) cancel.Cancel(); });   // stops after step 4 (1-based)
         var firstHalf = Trainer.Run(TrainerTestKit.Run(firstModel, FullFineTuning.TrainableParameters(firstModel), data, Make(), split.Path, stop), cancel.Token);
         firstHalf.Interrupted.Should().BeTrue();
         firstHalf.FinalStep.Should().Be(4);
         CheckpointStore.List(split.Path).Select(c => c.Step).Should().Equal(3, 4);
 
-        var resumedModel = Model(seed: 99);   // different initial weights: everything must come from the checkpoint
+        var resumedModel = TinyModel(seed: 99);   // different initial weights: everything must come from the checkpoint
         var options = Make();
         options.Resume = "latest";
         var resumed = Trainer.Run(TrainerTestKit.Run(resumedModel, FullFineTuning.TrainableParameters(resumedModel), data, options, split.Path));
@@ -120,11 +120,11 @@ public class TrainerTests
     public void Resume_checks_the_checkpoint_against_the_run()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var trainable = FullFineTuning.TrainableParameters(model);
         Trainer.Run(TrainerTestKit.Run(model, trainable, TinyData(), Options(o => { o.MaxSteps = 2; o.CheckpointEvery = 2; }), dir.Path));
 
-        var other = Model();
+        var other = TinyModel();
         var changed = Options(o => { o.MaxSteps = 4; o.BatchSize = 2; o.Resume = "latest"; });
         var act = () => Trainer.Run(TrainerTestKit.Run(other, FullFineTuning.TrainableParameters(other), TinyData(), changed, dir.Path));
         act.Should().Throw<PeftConfigurationException>().WithMessage("*'training:batch_size' has value '2'*made with 4*");
@@ -145,7 +145,7 @@ public class TrainerTests
     public void A_non_finite_loss_stops_training_naming_the_step()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var poison = new CallbackHook(onStepStart: c =>
         {
             if (c.Step != 2) return;
@@ -168,7 +168,7 @@ public class TrainerTests
         StepRecord OneStep(int batch, int accumulation)
         {
             using var dir = new TempDirectory();
-            var model = Model();
+            var model = TinyModel();
             var o = Options(x => { x.MaxSteps = 1; x.BatchSize = batch; x.GradientAccumulationSteps = accumulation; x.MaxGradNorm = 0; });
             return Trainer.Run(TrainerTestKit.Run(model, FullFineTuning.TrainableParameters(model), data, o, dir.Path)).Steps[0];
         }
@@ -180,7 +180,7 @@ public class TrainerTests
         accumulated.GradNorm.Should().BeApproximately(together.GradNorm, 1e-5);
 
         // the loss itself: mean over counted tokens of −log p(label | prefix)
-        var model = Model();
+        var model = TinyModel();
         using var scope = torch.NewDisposeScope();
         var batch = BatchCollator.Collate([shortExample, longExample], 2);
         var (ids, labels) = batch.ToTensors(CPU);
@@ -199,7 +199,7 @@ public class TrainerTests
     public void Frozen_weights_can_be_stored_in_bfloat16()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var trainable = model.Train("lm_head.weight");
         var result = Trainer.Run(TrainerTestKit.Run(model, trainable, TinyData(), Options(o => { o.MaxSteps = 15; o.BaseDtype = "bfloat16"; }), dir.Path));
         foreach (var (name, p) in model.NamedParameters())
@@ -248,7 +248,7 @@ public class CheckpointWritingTests
     public void A_failed_checkpoint_leaves_no_folder_and_keeps_the_previous_ones()
     {
         using var dir = new TempDirectory();
-        var model = Model();
+        var model = TinyModel();
         var trainable = model.Train("lm_head.weight");
         var options = Options(o => { o.MaxSteps = 6; o.CheckpointEvery = 2; o.KeepLastCheckpoints = 1; });
         var run = TrainerTestKit.Run(model, trainable, TinyData(), options, dir.Path);
