@@ -13,6 +13,7 @@ public static class CommandLine
         new Commands.GenerateCommand(),
         new Commands.EvalCommand(),
         new Peft.Host.Commands.PluginsCommand(),
+        new Commands.TrainCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

@@ -20,14 +20,14 @@ public static class ConfigSections
 
     public static IReadOnlyList<ConfigSection> Known { get; } = new List<ConfigSection>
     {
-        new("model", "the base model: folder of config.json + safetensors weights, dtype"),
-        new("data", "training data: file, format, sequence length"),
-        new("training", "the training loop: steps, batch size, learning rate, schedule, seed"),
+        new("model", "the base model: folder of config.json + safetensors weights, or a llama2.c checkpoint to import", root => Composition.ModelOptions.From(root)),
+        new("data", "training data: file, format, sequence length", root => Abstractions.Configuration.OptionsBinding.Bind<Data.DataOptions>(root.GetSection("data"))),
+        new("training", "the training loop: steps, batch size, learning rate, schedule, seed", root => Abstractions.Configuration.OptionsBinding.Bind<Training.TrainingOptions>(root.GetSection("training"))),
         new("method", "the PEFT method (name + that method's options, bound by its plugin)"),
         new("quantization", "the quantizer applied to the frozen base (name + its options)"),
         new("optimizer", "the optimizer strategy (name + its options)"),
         new("hooks", "training hooks, a list of { name, options } (e.g. lisa)"),
-        new("output", "where adapters, checkpoints and logs are written"),
+        new("output", "where adapters, checkpoints and logs are written", root => Abstractions.Configuration.OptionsBinding.Bind<Training.OutputOptions>(root.GetSection("output"))),
         new(Plugins, "extra folders to load plugins from", root => PluginsOptions.From(root)),
     };
 

@@ -1,0 +1,106 @@
+using Peft.Host.Cli;
+using Peft.Host.Composition;
+using Peft.Host.Configuration;
+using Peft.Host.Data;
+using Peft.Host.Import;
+using Peft.Host.Model;
+using Peft.Host.Plugins;
+using Peft.Host.Tokenization;
+using Peft.Host.Training;
+using TorchSharp;
+
+namespace Peft.Host.Commands;
+
+/// <summary><c>peft train --config FILE [--set ...] [--resume DIR|latest]</c>: one training run, any method or combination.</summary>
+public sealed class TrainCommand : ICliCommand
+{
+    public string Name => "train";
+    public string Summary => "fine-tune a model with a method (or a combination) from a JSON configuration";
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+
+    public string Help =>
+        "usage: peft train --config FILE [--set SECTION:KEY=VALUE]... [--resume DIR|latest]\n\n" +
+        "Sections of the JSON file (snake_case keys):\n" +
+        "  model         path (HF folder), import_llama2c { checkpoint, tokenizer } to create it first\n" +
+        "  method        name (lora, dora... see 'peft plugins'; \"full\" or absent: full fine-tuning) + its options\n" +
+        "  quantization  name (a quantizer plugin, e.g. nf4) + its options; applied before the method\n" +
+        "  optimizer     name (default adamw; e.g. galore) + its options\n" +
+        "  hooks         list of { name, ... } (e.g. lisa)\n" +
+        "  data          path, format, seq_len, validation_fraction | validation_path, max_rows, shuffle\n" +
+        "  training      seed, batch_size, gradient_accumulation_steps, max_steps | epochs, learning_rate,\n" +
+        "                weight_decay, lr_scheduler, warmup_steps, max_grad_norm, eval_every, eval_batches,\n" +
+        "                checkpoint_every, keep_last_checkpoints, base_dtype, activation_checkpointing, log_every\n" +
+        "  output        dir: receives adapter/ (PEFT methods) or model/ (full fine-tuning), checkpoints/,\n" +
+        "                metrics.jsonl, loss_curve.png, training_summary.json\n\n" +
+        "options:\n" +
+        HostConfiguration.OptionsHelp + "\n" +
+        "  --resume DIR|latest        continue from a checkpoint folder, or the newest in output:dir/checkpoints\n\n" +
+        "example:\n" +
+        "  peft train --config examples/quickstart.json --set training:max_steps=50";
+
+    public int Run(CommandArgs args, CliContext context)
+    {
+        var root = HostConfiguration.Load(args);
+        var resume = args.Optional("--resume");
+        args.ThrowOnUnused();
+
+        var modelOptions = ModelOptions.From(root);
+        var cfg = TrainingConfiguration.Bind(root);
+        if (resume is not null) cfg.Training.Resume = resume;
+        var outputDir = cfg.Output.Dir ?? throw new Abstractions.PeftConfigurationException("output:dir", null, "is required (where the adapter, checkpoints and metrics go)");
+
+        var modelDir = modelOptions.Path!;
+        if (!Directory.Exists(modelDir))
+        {
+            var import = modelOptions.ImportLlama2c!;
+            context.Out.WriteLine($"importing {import.Checkpoint} into {modelDir}");
+            Llama2cImporter.Import(import.Checkpoint!, import.Tokenizer!, modelDir);
+        }
+
+        using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, root);
+        var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir);
+        using (model)
+        {
+            // The seed fixes the adapter's initialisation as well as dropout and data order.
+            torch.manual_seed(cfg.Training.Seed);
+            var composed = PeftComposer.Compose(catalog, model, root, cfg.Training.ToOptimizerSettings());
+            using var optimizer = composed.Optimizer;
+            var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
+            ITrainingOutput output = composed.Adapter is not null
+                ? new AdapterOutput(composed.Adapter, Path.GetFullPath(modelDir))
+                : new HfModelOutput(model, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+
+            context.Out.WriteLine($"method {composed.MethodName}" +
+                                  (composed.QuantizerName is null ? "" : $" on a {composed.QuantizerName} base") +
+                                  (composed.Hooks.Count == 0 ? "" : $" with hooks {string.Join(", ", composed.Hooks.Select(h => h.GetType().Name))}"));
+
+            using var cancel = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+            Console.CancelKeyPress += onCancel;
+            try
+            {
+                var result = Trainer.Run(new TrainingRun
+                {
+                    Model = model,
+                    TrainableParameters = composed.TrainableParameters,
+                    Optimizer = optimizer,
+                    Hooks = composed.Hooks,
+                    Data = data,
+                    Options = cfg.Training,
+                    OutputDirectory = outputDir,
+                    Output = output,
+                    Progress = ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
+                }, cancel.Token);
+                if (!result.Interrupted)
+                    context.Out.WriteLine(composed.Adapter is not null
+                        ? $"adapter: {Path.Combine(outputDir, AdapterOutput.Folder)}"
+                        : $"model: {Path.Combine(outputDir, HfModelOutput.Folder)}");
+                return result.Interrupted ? 130 : 0;
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
+        }
+    }
+}
