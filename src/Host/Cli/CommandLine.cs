@@ -14,6 +14,7 @@ public static class CommandLine
         new Commands.EvalCommand(),
         new Peft.Host.Commands.PluginsCommand(),
         new Commands.TrainCommand(),
+        new Commands.MergeCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

@@ -14,7 +14,7 @@ public sealed class EvalCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft eval --model DIR --data FILE [--json]
+        usage: peft eval --model DIR [--adapter DIR] --data FILE [--json]
 
         Evaluates next-token prediction. Documents: in a .txt file, blocks separated by blank lines (each
         trimmed, inner newlines kept); in a .jsonl file, the "text" field of each line. Each document is
@@ -25,6 +25,7 @@ public sealed class EvalCommand : ICliCommand
 
         options:
           --model DIR    HF model folder (config.json, model.safetensors, tokenizer.model)
+          --adapter DIR  HF PEFT adapter folder applied to the model (e.g. out/quickstart/adapter)
           --data FILE    .txt or .jsonl evaluation file
           --json         also print {"loss": ..., "perplexity": ..., "tokens": ...} as the last line
 
@@ -37,16 +38,15 @@ public sealed class EvalCommand : ICliCommand
         var dir = args.Required("--model");
         var data = args.Required("--data");
         bool json = args.Flag("--json");
-        // Adapter slot: the lead adds `--adapter DIR` here (read it with args.Optional before ThrowOnUnused, then
-        // attach the adapter to `model` below, before Evaluator.Evaluate). Not accepted yet.
+        var adapterDir = args.Optional("--adapter");
         args.ThrowOnUnused();
         if (!File.Exists(data)) throw new CliException($"{Name}: option '--data': file '{data}' not found");
         var documents = EvalDocuments.Read(data);
 
-        var (model, tokenizer) = ModelFolderArgs.Open(Name, dir);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context);
+        using (plugins)
         using (model)
         {
-            // (adapter attachment goes here)
             var result = Evaluator.Evaluate(model, tokenizer, documents);
             var inv = CultureInfo.InvariantCulture;
             context.Out.WriteLine($"documents   {documents.Count}");

@@ -14,7 +14,7 @@ public sealed class GenerateCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft generate --model DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+        usage: peft generate --model DIR [--adapter DIR] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
 
         Generates from an HF model folder (config.json, model.safetensors, tokenizer.model) with a KV cache.
         The sequence starts with BOS, then the prompt's tokens. stdout gets ONLY the text, as llama2.c's run
@@ -24,6 +24,7 @@ public sealed class GenerateCommand : ICliCommand
 
         options:
           --model DIR            HF model folder
+          --adapter DIR          HF PEFT adapter folder applied to the model
           --prompt TEXT          text to continue (default: none, start from BOS alone)
           --max-new-tokens N     tokens to generate after the prompt (default 256)
           --temperature T        0 = greedy argmax; otherwise logits / T before sampling (default 1.0)
@@ -44,13 +45,15 @@ public sealed class GenerateCommand : ICliCommand
         double temperature = args.Double("--temperature", 1.0, min: 0);
         double topP = args.Double("--top-p", 0.9, min: 0, max: 1);
         var seedText = args.Optional("--seed");
+        var adapterDir = args.Optional("--adapter");
         args.ThrowOnUnused();
         ulong seed;
         if (seedText is null) seed = (ulong)DateTime.UtcNow.Ticks | 1;
         else if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed) || seed == 0)
             throw new CliException($"{Name}: option '--seed' has value '{seedText}': expected a positive integer");
 
-        var (model, tokenizer) = ModelFolderArgs.Open(Name, dir);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context);
+        using (plugins)
         using (model)
         {
             var options = new GenerationOptions { MaxNewTokens = maxNew, Temperature = (float)temperature, TopP = (float)topP, Seed = seed };

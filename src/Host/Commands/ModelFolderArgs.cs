@@ -22,4 +22,24 @@ internal static class ModelFolderArgs
         }
         return (model, tokenizer);
     }
+
+    /// <summary>
+    /// <see cref="Open"/>, then the <c>--adapter</c> folder (when given) attached through the loaded plugins.
+    /// Dispose the returned plugins handle after the model.
+    /// </summary>
+    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context)
+    {
+        var (model, tokenizer) = Open(verb, dir);
+        if (adapterDir is null) return (model, tokenizer, null);
+        try
+        {
+            var (catalog, _) = Composition.AdapterAttachment.Attach(verb, adapterDir, model, context);
+            return (model, tokenizer, catalog);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
 }
