@@ -146,6 +146,30 @@ public sealed class ModelCommandsTests(Stories260KFixture fx)
         Directory.Exists(outDir).Should().BeFalse();
     }
 
+    [Fact]
+    public void A_damaged_model_folder_gives_exit_code_2_naming_the_tensor_and_prints_no_text()
+    {
+        var dir = fx.NewDir("damaged");
+        Directory.CreateDirectory(dir);
+        foreach (var f in Directory.GetFiles(fx.ModelDir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var weights = Path.Combine(dir, HfModelFolder.WeightsFile);
+        var tensors = Peft.Host.Formats.Safetensors.Load(weights);
+        tensors["model.layers.0.self_attn.k_proj.weight"].Dispose();
+        tensors["model.layers.0.self_attn.k_proj.weight"] = TorchSharp.torch.zeros(64, 64); // k_proj is (kv_dim 32, 64)
+        Peft.Host.Formats.Safetensors.Save(weights, tensors);
+        foreach (var t in tensors.Values) t.Dispose();
+
+        foreach (var verb in new[] { "generate", "eval" })
+        {
+            var r = verb == "generate"
+                ? Run("generate", "--model", dir, "--temperature", "0")
+                : Run("eval", "--model", dir, "--data", Path.Combine(Stories260KFixture.DataDir, "..", "tinystories", "cs336_tinystories_sample.txt"));
+            r.Code.Should().Be(2, verb);
+            r.Out.Should().BeEmpty(verb);
+            r.Err.Should().Contain("'model.layers.0.self_attn.k_proj.weight' has shape [64, 64] but config.json needs [32, 64]");
+        }
+    }
+
     [Theory]
     [InlineData("import-llama2c", "--checkpoint")]
     [InlineData("generate", "--max-new-tokens")]
