@@ -39,7 +39,15 @@ public sealed class ImportLlama2cCommand : ICliCommand
         if (!File.Exists(tokenizer)) throw new CliException($"{Name}: option '--tokenizer': file '{tokenizer}' not found");
         if (File.Exists(outDir)) throw new CliException($"{Name}: option '--out': '{outDir}' is a file, not a folder");
 
-        var h = Llama2cImporter.Import(checkpoint, tokenizer, outDir);
+        Llama2cImporter.Header h;
+        try
+        {
+            h = Llama2cImporter.Import(checkpoint, tokenizer, outDir);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"{Name}: cannot write '{outDir}': {e.Message}");
+        }
         context.Out.WriteLine(
             $"wrote {outDir}: dim {h.Dim}, hidden {h.HiddenDim}, layers {h.Layers}, heads {h.Heads} (kv {h.KvHeads}), " +
             $"vocab {h.VocabSize}, context {h.SeqLen}, {(h.SharedClassifier ? "tied" : "separate")} output head");

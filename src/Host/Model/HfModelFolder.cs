@@ -149,7 +149,8 @@ public static class HfModelFolder
     /// <paramref name="maxShardBytes"/> (a tensor larger than that gets a shard of its own) plus the index, and a
     /// copy of <paramref name="tokenizerModelPath"/> as tokenizer.model. Each linear slot is written as its
     /// effective dense weight (<see cref="ILinearLayer.DenseWeight"/>: a quantized layer is dequantized, an
-    /// attached adapter contributes what its DenseWeight includes), under <c>{slot}.weight</c>.
+    /// attached adapter contributes what its DenseWeight includes), under <c>{slot}.weight</c>. With tied
+    /// embeddings the head is not written: it is <c>model.embed_tokens.weight</c>.
     /// </summary>
     public static void Save(LlamaForCausalLM model, string dir, string? tokenizerModelPath = null, long? maxShardBytes = null)
     {

@@ -181,6 +181,24 @@ public sealed class HfModelFolderTests(Stories260KFixture fx)
     }
 
     [Fact]
+    public void A_tied_checkpoint_may_repeat_the_embedding_as_lm_head_and_old_rotary_buffers_are_ignored()
+    {
+        var repeated = CopyWithTensors(t =>
+        {
+            t["lm_head.weight"] = t["model.embed_tokens.weight"].clone();
+            t["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4);
+        });
+        using (var model = HfModelFolder.Load(repeated))
+        using (var a = Logits(fx.Model))
+        using (var b = Logits(model))
+            TensorAssert.Same(a, b).Should().BeTrue();
+
+        var different = CopyWithTensors(t => t["lm_head.weight"] = torch.zeros(512, 64));
+        var act = () => HfModelFolder.Load(different);
+        act.Should().Throw<PeftFormatException>().WithMessage("*'lm_head.weight' differs from model.embed_tokens.weight*tie_word_embeddings=true");
+    }
+
+    [Fact]
     public void An_invalid_config_value_or_a_missing_file_is_an_error_naming_it()
     {
         var dir = CopyOfImported();
