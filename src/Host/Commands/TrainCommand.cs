@@ -29,7 +29,8 @@ public sealed class TrainCommand : ICliCommand
         "  data          path, format, seq_len, validation_fraction | validation_path, max_rows, shuffle\n" +
         "  training      seed, batch_size, gradient_accumulation_steps, max_steps | epochs, learning_rate,\n" +
         "                weight_decay, lr_scheduler, warmup_steps, max_grad_norm, eval_every, eval_batches,\n" +
-        "                checkpoint_every, keep_last_checkpoints, base_dtype, activation_checkpointing, log_every\n" +
+        "                checkpoint_every, keep_last_checkpoints, base_dtype, activation_checkpointing, log_every,\n" +
+        "                num_threads (LibTorch CPU threads; 0 = default)\n" +
         "  output        dir: receives adapter/ (PEFT methods) or model/ (full fine-tuning), checkpoints/,\n" +
         "                metrics.jsonl, loss_curve.png, training_summary.json\n\n" +
         "options:\n" +
@@ -49,6 +50,7 @@ public sealed class TrainCommand : ICliCommand
         if (resume is not null) cfg.Training.Resume = resume;
         var outputDir = cfg.Output.Dir ?? throw new Abstractions.PeftConfigurationException("output:dir", null, "is required (where the adapter, checkpoints and metrics go)");
 
+        if (cfg.Training.NumThreads > 0) torch.set_num_threads(cfg.Training.NumThreads);
         var modelDir = modelOptions.Path!;
         if (!Directory.Exists(modelDir))
         {
