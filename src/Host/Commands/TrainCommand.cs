@@ -76,6 +76,13 @@ public sealed class TrainCommand : ICliCommand
                                   (composed.QuantizerName is null ? "" : $" on a {composed.QuantizerName} base") +
                                   (composed.Hooks.Count == 0 ? "" : $" with hooks {string.Join(", ", composed.Hooks.Select(h => h.GetType().Name))}"));
 
+            if (cfg.Training.Resume is null && data.Validation.Count > 0)
+            {
+                // The baseline the run's eval losses are compared with.
+                var (before, tokens) = Trainer.Evaluate(model, data.Validation, cfg.Training.BatchSize, cfg.Training.EvalBatches, data.PadId);
+                context.Out.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"step 0: eval loss {before:0.0000} over {tokens} tokens (before training)"));
+            }
+
             using var cancel = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
             Console.CancelKeyPress += onCancel;
