@@ -18,7 +18,7 @@ public sealed class BenchOptions
     public int BatchSize { get; private set; } = 4;
     public int SeqLen { get; private set; } = 256;
     public int WarmupSteps { get; private set; } = 2;
-    public int Steps { get; private set; } = 4;
+    public int Steps { get; private set; } = 6;
     public int Threads { get; private set; } = 2;
     public int Seed { get; private set; } = 1234;
     public string? Out { get; private set; }
@@ -28,19 +28,23 @@ public sealed class BenchOptions
 
     public bool Help { get; private set; }
 
+    /// <summary>Parent: after the rounds, run one diagnostic child per variant that times each phase of a step. Child: be that diagnostic.</summary>
+    public bool Breakdown { get; private set; }
+
     public const string Usage =
         "usage: Peft.Bench [--rounds N] [--variants LIST] [--batch-size B] [--seq-len T] [--warmup-steps W]\n" +
-        "                  [--steps S] [--threads N] [--seed N] [--out FILE.md]\n\n" +
+        "                  [--steps S] [--threads N] [--seed N] [--breakdown] [--out FILE.md]\n\n" +
         "Trains a randomly initialised Llama of stories15M's shape on random tokens with each variant, each run in a\n" +
         "fresh child process, alternating variants round by round; prints medians and LoRA/full ratios.\n\n" +
         "  --rounds N          rounds; each round runs every variant once (default 3)\n" +
         "  --variants LIST     comma-separated, in run order (default full,lora,full-ac,lora-ac); known: {VARIANTS}\n" +
-        "  --batch-size B      sequences per step (default 4)\n" +
+        "  --batch-size B      sequences per step (default 6)\n" +
         "  --seq-len T         tokens per sequence, at most 256 (default 256)\n" +
         "  --warmup-steps W    untimed optimizer steps first (default 2)\n" +
-        "  --steps S           timed optimizer steps after the warm-up (default 4)\n" +
+        "  --steps S           timed optimizer steps after the warm-up (default 6)\n" +
         "  --threads N         torch.set_num_threads in every child (default 2)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
+        "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
         "  --one VARIANT       (internal) measure one variant in this process and print one JSON line";
 
@@ -54,6 +58,7 @@ public sealed class BenchOptions
         {
             string flag = args[i];
             if (flag is "--help" or "-h") { o.Help = true; continue; }
+            if (flag == "--breakdown") { if (o.Breakdown) throw new BenchUsageException("--breakdown is given twice"); o.Breakdown = true; continue; }
             if (!flag.StartsWith("--", StringComparison.Ordinal))
                 throw new BenchUsageException($"unexpected argument '{flag}' (flags start with --; see --help)");
             if (!seen.Add(flag)) throw new BenchUsageException($"{flag} is given twice");
@@ -114,8 +119,9 @@ public sealed class BenchOptions
     }
 
     /// <summary>The measurement flags a child gets, so it runs the parent's workload.</summary>
-    public IEnumerable<string> ChildArguments(Variant variant) =>
+    public IEnumerable<string> ChildArguments(Variant variant, bool breakdown = false) =>
     [
+        .. (breakdown ? new[] { "--breakdown" } : []),
         "--one", variant.Name,
         "--batch-size", Str(BatchSize), "--seq-len", Str(SeqLen),
         "--warmup-steps", Str(WarmupSteps), "--steps", Str(Steps),

@@ -79,6 +79,7 @@ public static class ChildRun
                 TimedSeconds = window,
                 TokensPerSecond = (double)o.BatchSize * o.SeqLen * o.Steps / window,
                 MedianStepSeconds = median,
+                StepSeconds = ends.Select((end, i) => Math.Round(end - (i == 0 ? 0 : ends[i - 1]), 3)).ToList(),
                 RssBeforeTrainingBytes = rssBefore,
                 PeakRssBytes = peak,
                 TotalParameters = s.TotalParameters,

@@ -24,6 +24,12 @@ public sealed record Measurement
     [JsonPropertyName("tokens_per_second")] public double TokensPerSecond { get; init; }
     [JsonPropertyName("median_step_seconds")] public double MedianStepSeconds { get; init; }
 
+    /// <summary>With --breakdown: median seconds of each phase of a step (forward, loss, backward, clip, optimizer).</summary>
+    [JsonPropertyName("phase_median_seconds")] public IReadOnlyDictionary<string, double>? PhaseMedianSeconds { get; init; }
+
+    /// <summary>Every step's wall time, warm-up steps first.</summary>
+    [JsonPropertyName("step_seconds")] public IReadOnlyList<double> StepSeconds { get; init; } = [];
+
     /// <summary>VmRSS just before the training loop: runtime, libtorch, model (and adapter), data.</summary>
     [JsonPropertyName("rss_before_training_bytes")] public long RssBeforeTrainingBytes { get; init; }
 

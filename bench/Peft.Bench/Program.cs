@@ -31,7 +31,7 @@ if (options.One is { } one)
     // child: one measurement, one JSON line on stdout
     try
     {
-        var m = ChildRun.Measure(one, options);
+        var m = options.Breakdown ? PhaseBreakdown.Measure(one, options) : ChildRun.Measure(one, options);
         Console.WriteLine(m.ToLine());
         return 0;
     }
@@ -89,10 +89,25 @@ static class Parent
                     $"loss {measurement.FirstLoss:0.000} -> {measurement.LastLoss:0.000}"));
             }
         }
+        var breakdowns = new List<Measurement>();
+        if (o.Breakdown)
+        {
+            foreach (var variant in active.Where(v => !v.ActivationCheckpointing))
+            {
+                var (measurement, error) = RunChild(o, variant, breakdown: true);
+                if (measurement is null)
+                {
+                    Console.Error.WriteLine($"Peft.Bench: breakdown of {variant.Name} failed:\n{error}");
+                    return 1;
+                }
+                breakdowns.Add(measurement);
+                Console.WriteLine($"breakdown {variant.Name,-8} " + string.Join("  ", measurement.PhaseMedianSeconds!.Select(p => string.Create(Inv, $"{p.Key} {p.Value:0.000} s"))));
+            }
+        }
         wall.Stop();
         string loadAfter = LoadAverage();
 
-        var report = new Report(o, o.Variants, runs);
+        var report = new Report(o, o.Variants, runs, breakdowns);
         Console.WriteLine();
         Console.Write(report.Table());
         Console.WriteLine($"runs: {report.RunsJson()}");
@@ -106,7 +121,7 @@ static class Parent
     }
 
     /// <summary>Run this exe again with <c>--one VARIANT</c>; returns its measurement, or the reason it has none.</summary>
-    static (Measurement?, string) RunChild(BenchOptions o, Variant variant)
+    static (Measurement?, string) RunChild(BenchOptions o, Variant variant, bool breakdown = false)
     {
         var start = new ProcessStartInfo
         {
@@ -118,7 +133,7 @@ static class Parent
         start.FileName = self;
         if (Path.GetFileNameWithoutExtension(self) == "dotnet") // started as `dotnet Peft.Bench.dll`
             start.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
-        foreach (var a in o.ChildArguments(variant)) start.ArgumentList.Add(a);
+        foreach (var a in o.ChildArguments(variant, breakdown)) start.ArgumentList.Add(a);
 
         using var child = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {self}");
         var stderr = child.StandardError.ReadToEndAsync();

@@ -6,7 +6,7 @@ using Peft.Host.Training;
 namespace Peft.Bench;
 
 /// <summary>Medians per variant, LoRA/full ratios, and the markdown report.</summary>
-public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants, IReadOnlyList<Measurement> runs)
+public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants, IReadOnlyList<Measurement> runs, IReadOnlyList<Measurement> breakdowns)
 {
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -81,6 +81,19 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         return sb.ToString();
     }
 
+    /// <summary>The --breakdown table (empty without it): median seconds per phase of a step, one column per variant.</summary>
+    public string BreakdownTable()
+    {
+        if (breakdowns.Count == 0) return "";
+        var sb = new StringBuilder();
+        sb.AppendLine("| phase of a step (median s) | " + string.Join(" | ", breakdowns.Select(b => b.Variant)) + " |");
+        sb.AppendLine("|---|" + string.Concat(breakdowns.Select(_ => "---:|")));
+        foreach (var phase in PhaseBreakdown.Phases)
+            sb.AppendLine($"| {phase} | " + string.Join(" | ", breakdowns.Select(b => b.PhaseMedianSeconds![phase].ToString("0.000", Inv))) + " |");
+        sb.AppendLine("| sum | " + string.Join(" | ", breakdowns.Select(b => b.PhaseMedianSeconds!.Values.Sum().ToString("0.000", Inv))) + " |");
+        return sb.ToString();
+    }
+
     static string Escape(string s) => s.Replace("|", "\\|").Replace("\n", " ");
 
     public string Markdown(string command, IReadOnlyList<string> machine, string loadBefore, string loadAfter, TimeSpan wall)
@@ -98,6 +111,13 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         sb.AppendLine();
         sb.Append(Table());
         sb.AppendLine();
+        if (breakdowns.Count > 0)
+        {
+            sb.AppendLine(string.Create(Inv, $"Where a step's time goes (`--breakdown`: one extra child per variant runs the trainer's step calls by hand with a clock around each phase, {breakdowns[0].WarmupSteps} warm-up + {breakdowns[0].TimedSteps} timed steps):"));
+            sb.AppendLine();
+            sb.Append(BreakdownTable());
+            sb.AppendLine();
+        }
         sb.AppendLine("## Interpretation");
         sb.AppendLine();
         foreach (var line in Interpretation()) sb.AppendLine(line);
@@ -161,7 +181,20 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                          "and the logits: batch × seq_len × 32000 fp32 values (plus their softmax and gradient) dominate the activation memory of a model this small, " +
                          "for both variants alike. The memory ratio is therefore much closer to 1 than the parameter ratio.";
         }
-        else
+        var bFull = breakdowns.FirstOrDefault(b => b.Variant == "full")?.PhaseMedianSeconds;
+        var bLora = breakdowns.FirstOrDefault(b => b.Variant == "lora")?.PhaseMedianSeconds;
+        if (bFull is not null && bLora is not null)
+        {
+            double fullSum = bFull.Values.Sum(), loraSum = bLora.Values.Sum();
+            double fixedFull = bFull["forward"] + bFull["loss"], fixedLora = bLora["forward"] + bLora["loss"];
+            yield return string.Create(Inv,
+                $"- The breakdown shows the ceiling: forward + loss take {fixedFull:0.00} s of full fine-tuning's {fullSum:0.00} s step " +
+                $"and {fixedLora:0.00} s of LoRA's {loraSum:0.00} s; LoRA saves in backward ({bFull["backward"]:0.00} → {bLora["backward"]:0.00} s) " +
+                $"and in clipping + AdamW ({bFull["clip"] + bFull["optimizer"]:0.00} → {bLora["clip"] + bLora["optimizer"]:0.00} s). " +
+                $"Even a backward pass with no weight gradients at all cannot go below the input-gradient work, which is about as much as the forward pass, " +
+                $"so on this model the reachable speed-up is bounded by roughly {fullSum / (fixedFull + bFull["forward"]):0.0}× (full step ÷ (forward + loss + one more forward)).");
+        }
+        if (lora is null || Compare(lora) is null)
         {
             yield return "- LoRA and full fine-tuning were not both measured in this run, so there is no ratio.";
         }
