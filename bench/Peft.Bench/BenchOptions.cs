@@ -44,7 +44,7 @@ public sealed class BenchOptions
         "  --steps S           timed optimizer steps after the warm-up (default 6)\n" +
         "  --threads N         torch.set_num_threads in every child (default 2)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
-        "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant\n" +
+        "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
         "  --one VARIANT       (internal) measure one variant in this process and print one JSON line";
 

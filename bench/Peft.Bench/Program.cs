@@ -65,6 +65,7 @@ static class Parent
         foreach (var line in machine) Console.WriteLine($"  {line}");
 
         var runs = new List<Measurement>();
+        var breakdowns = new List<Measurement>();
         var active = o.Variants.ToList();
         for (int round = 1; round <= o.Rounds; round++)
         {
@@ -88,20 +89,19 @@ static class Parent
                     $"peak RSS {measurement.PeakRssBytes / 1048576.0:0} MiB (before training {measurement.RssBeforeTrainingBytes / 1048576.0:0} MiB)  " +
                     $"loss {measurement.FirstLoss:0.000} -> {measurement.LastLoss:0.000}"));
             }
-        }
-        var breakdowns = new List<Measurement>();
-        if (o.Breakdown)
-        {
+            if (!o.Breakdown) continue;
+            // the diagnostic children, alternating too, once per round
             foreach (var variant in active.Where(v => !v.ActivationCheckpointing))
             {
                 var (measurement, error) = RunChild(o, variant, breakdown: true);
                 if (measurement is null)
                 {
-                    Console.Error.WriteLine($"Peft.Bench: breakdown of {variant.Name} failed:\n{error}");
+                    Console.Error.WriteLine($"Peft.Bench: round {round}, breakdown of {variant.Name} failed:\n{error}");
                     return 1;
                 }
                 breakdowns.Add(measurement);
-                Console.WriteLine($"breakdown {variant.Name,-8} " + string.Join("  ", measurement.PhaseMedianSeconds!.Select(p => string.Create(Inv, $"{p.Key} {p.Value:0.000} s"))));
+                Console.WriteLine($"round {round}/{o.Rounds} breakdown {variant.Name,-8} " +
+                                  string.Join("  ", measurement.PhaseMedianSeconds!.Select(p => string.Create(Inv, $"{p.Key} {p.Value:0.000} s"))));
             }
         }
         wall.Stop();

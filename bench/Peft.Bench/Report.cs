@@ -84,15 +84,23 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
     /// <summary>The --breakdown table (empty without it): median seconds per phase of a step, one column per variant.</summary>
     public string BreakdownTable()
     {
-        if (breakdowns.Count == 0) return "";
+        var byVariant = BreakdownMedians();
+        if (byVariant.Count == 0) return "";
         var sb = new StringBuilder();
-        sb.AppendLine("| phase of a step (median s) | " + string.Join(" | ", breakdowns.Select(b => b.Variant)) + " |");
-        sb.AppendLine("|---|" + string.Concat(breakdowns.Select(_ => "---:|")));
+        sb.AppendLine("| phase of a step (median s) | " + string.Join(" | ", byVariant.Select(b => b.Key)) + " |");
+        sb.AppendLine("|---|" + string.Concat(byVariant.Select(_ => "---:|")));
         foreach (var phase in PhaseBreakdown.Phases)
-            sb.AppendLine($"| {phase} | " + string.Join(" | ", breakdowns.Select(b => b.PhaseMedianSeconds![phase].ToString("0.000", Inv))) + " |");
-        sb.AppendLine("| sum | " + string.Join(" | ", breakdowns.Select(b => b.PhaseMedianSeconds!.Values.Sum().ToString("0.000", Inv))) + " |");
+            sb.AppendLine($"| {phase} | " + string.Join(" | ", byVariant.Select(b => b.Value[phase].ToString("0.000", Inv))) + " |");
+        sb.AppendLine("| sum | " + string.Join(" | ", byVariant.Select(b => b.Value.Values.Sum().ToString("0.000", Inv))) + " |");
         return sb.ToString();
     }
+
+    /// <summary>Per variant (in run order), per phase: the median over its breakdown runs of each run's median phase time.</summary>
+    public IReadOnlyList<KeyValuePair<string, Dictionary<string, double>>> BreakdownMedians() =>
+        breakdowns.Where(b => b.PhaseMedianSeconds is not null).GroupBy(b => b.Variant)
+            .Select(g => new KeyValuePair<string, Dictionary<string, double>>(g.Key,
+                PhaseBreakdown.Phases.ToDictionary(p => p, p => Median(g.Select(b => b.PhaseMedianSeconds![p])))))
+            .ToList();
 
     static string Escape(string s) => s.Replace("|", "\\|").Replace("\n", " ");
 
@@ -113,7 +121,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         sb.AppendLine();
         if (breakdowns.Count > 0)
         {
-            sb.AppendLine(string.Create(Inv, $"Where a step's time goes (`--breakdown`: one extra child per variant runs the trainer's step calls by hand with a clock around each phase, {breakdowns[0].WarmupSteps} warm-up + {breakdowns[0].TimedSteps} timed steps):"));
+            sb.AppendLine(string.Create(Inv, $"Where a step's time goes (`--breakdown`: in every round one extra child per variant runs the trainer's step calls by hand with a clock around each phase, {breakdowns[0].WarmupSteps} warm-up + {breakdowns[0].TimedSteps} timed steps; median over the rounds of each child's median):"));
             sb.AppendLine();
             sb.Append(BreakdownTable());
             sb.AppendLine();
@@ -144,6 +152,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         sb.AppendLine("- peak RSS = VmHWM of the child at the end (/proc/self/status): .NET runtime + LibTorch + model + data + the training peak. " +
                       "\"peak − RSS before training\" subtracts VmRSS taken just before the loop, i.e. what training itself added " +
                       "(activations, logits, gradients, optimizer state, allocator caches).");
+        sb.AppendLine("- The labels are random, so there is nothing to learn: the loss stays near ln 32000 ≈ 10.4; the trainer would stop on a non-finite loss.");
         sb.AppendLine("- Trainable parameters and the bytes of weights, gradients and AdamW state come from the trainer's `TrainingSummary` at the end of the run.");
         sb.AppendLine("- Ratios: \"of medians\" divides the variants' medians; \"per round\" divides the k-th LoRA run by the k-th full run (neighbours in time).");
         sb.AppendLine();
@@ -153,7 +162,10 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         sb.AppendLine($"- load average (1, 5, 15 min) before: {loadBefore}; after: {loadAfter}");
         sb.AppendLine(string.Create(Inv, $"- wall time of the whole bench: {wall.TotalSeconds:0} s"));
         sb.AppendLine("- The machine was shared: other builds and test runs were using the same 2 cores while this ran, so absolute numbers are noisy " +
-                      "and lower than on an idle machine; the alternation and the per-round ratios are there to keep the comparison fair despite that.");
+                      "and lower than on an idle machine; the alternation and the per-round ratios are there to keep the comparison fair despite that. " +
+                      "With 2 torch threads on 2 shared cores the OpenMP threads wait for each other whenever another process takes a core: under a load " +
+                      "average around 7, steps took 4–9 s instead of about 1 s (and varied 2× within one run). `--threads 1` is steadier on a busy machine, " +
+                      "slower on an idle one.");
         return sb.ToString();
     }
 
@@ -181,15 +193,16 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                          "and the logits: batch × seq_len × 32000 fp32 values (plus their softmax and gradient) dominate the activation memory of a model this small, " +
                          "for both variants alike. The memory ratio is therefore much closer to 1 than the parameter ratio.";
         }
-        var bFull = breakdowns.FirstOrDefault(b => b.Variant == "full")?.PhaseMedianSeconds;
-        var bLora = breakdowns.FirstOrDefault(b => b.Variant == "lora")?.PhaseMedianSeconds;
+        var medians = BreakdownMedians();
+        var bFull = medians.FirstOrDefault(b => b.Key == "full").Value;
+        var bLora = medians.FirstOrDefault(b => b.Key == "lora").Value;
         if (bFull is not null && bLora is not null)
         {
             double fullSum = bFull.Values.Sum(), loraSum = bLora.Values.Sum();
             double fixedFull = bFull["forward"] + bFull["loss"], fixedLora = bLora["forward"] + bLora["loss"];
             yield return string.Create(Inv,
                 $"- Where a step's time goes (breakdown): forward + loss take {fixedFull:0.00} s of full fine-tuning's {fullSum:0.00} s step " +
-                $"and {fixedLora:0.00} s of LoRA's {loraSum:0.00} s, the same work for both (LoRA's forward even adds its small A·B products). " +
+                $"and {fixedLora:0.00} s of LoRA's {loraSum:0.00} s, the same work for both (LoRA's forward also runs its small A·B products). " +
                 $"LoRA saves in backward ({bFull["backward"]:0.00} → {bLora["backward"]:0.00} s) and in clipping + AdamW " +
                 $"({bFull["clip"] + bFull["optimizer"]:0.00} → {bLora["clip"] + bLora["optimizer"]:0.00} s). Its backward still costs " +
                 $"{bLora["backward"] / bLora["forward"]:0.0}× its forward: the gradients with respect to the activations (through every frozen linear, " +
