@@ -189,9 +189,9 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                 $"from {TrainingSummary.Bytes(full[0].OptimizerStateBytes)} to {TrainingSummary.Bytes(l[0].OptimizerStateBytes)}; the backward pass skips the " +
                 $"weight-gradient matmuls of every frozen layer (including the 32000 × 288 tied head/embedding, {32000.0 * 288 / full[0].TotalParameters * 100:0} % of the model) " +
                 $"and the optimizer step touches {l[0].TrainableParameters / 1e6:0.00} M instead of {full[0].TrainableParameters / 1e6:0.0} M parameters.");
-            yield return "- What LoRA does not save: the forward pass, the backward pass through the activations (it still needs the input gradients of every layer), " +
-                         "and the logits: batch × seq_len × 32000 fp32 values (plus their softmax and gradient) dominate the activation memory of a model this small, " +
-                         "for both variants alike. The memory ratio is therefore much closer to 1 than the parameter ratio.";
+            yield return string.Create(Inv, $"- What LoRA does not save: the forward pass, the backward pass through the activations (it still needs the input gradients of every layer), " +
+                         $"and the logits: batch × seq_len × 32000 fp32 values ({options.BatchSize * options.SeqLen * 32000.0 * 4 / 1048576:0} MiB at batch {options.BatchSize}, plus their log-softmax and gradient) are a large part of the activation memory of a model this small, " +
+                         $"for both variants alike. The memory ratio is therefore much closer to 1 than the parameter ratio.");
         }
         var medians = BreakdownMedians();
         var bFull = medians.FirstOrDefault(b => b.Key == "full").Value;
