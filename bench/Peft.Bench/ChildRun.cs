@@ -1,0 +1,117 @@
+using Peft.Abstractions;
+using Peft.Host.Composition;
+using Peft.Host.Model;
+using Peft.Host.Plugins;
+using Peft.Host.Training;
+using TorchSharp;
+
+namespace Peft.Bench;
+
+/// <summary>
+/// One measurement in this (fresh) process: build the model, compose the variant exactly as <c>peft train</c>
+/// does (plugins from this exe's <c>plugins/</c> folder, <see cref="PeftComposer"/>), run <see cref="Trainer.Run"/>
+/// for warm-up + timed steps, time the timed ones from the trainer's own step reports, read the peak RSS.
+/// </summary>
+public static class ChildRun
+{
+    public static Measurement Measure(Variant variant, BenchOptions o)
+    {
+        torch.set_num_threads(o.Threads);
+        var outputDir = Path.Combine(Path.GetTempPath(), $"peft-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        try
+        {
+            var root = Workload.Configuration(variant, o, outputDir);
+            var options = Peft.Abstractions.Configuration.OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
+
+            using var catalog = PluginCatalog.LoadForHost(AppContext.BaseDirectory, root);
+            torch.manual_seed(o.Seed);
+            using var model = new LlamaForCausalLM(Workload.Stories15MShape());
+            // As peft train: the seed also fixes the adapter's initialisation.
+            torch.manual_seed(o.Seed);
+            var composed = PeftComposer.Compose(catalog, model, root, options.ToOptimizerSettings());
+            using var optimizer = composed.Optimizer;
+            int examples = o.BatchSize * Math.Max(4, o.WarmupSteps + o.Steps);
+            var data = Workload.RandomTokens(examples, o.SeqLen, model.Config.VocabSize, o.Seed);
+
+            var progress = new StepClock();
+            long rssBefore = ProcessMemory.CurrentRssBytes();
+            TrainingResult result;
+            try
+            {
+                result = Trainer.Run(new TrainingRun
+                {
+                    Model = model,
+                    TrainableParameters = composed.TrainableParameters,
+                    Optimizer = optimizer,
+                    Hooks = composed.Hooks,
+                    Data = data,
+                    Options = options,
+                    OutputDirectory = outputDir,
+                    Output = new NoOutput(),
+                    Progress = progress,
+                    WriteLossCurve = false,
+                });
+            }
+            catch (PeftConfigurationException e) when (variant.ActivationCheckpointing && e.Key == "training:activation_checkpointing")
+            {
+                return new Measurement { Variant = variant.Name, Skipped = e.Message, Threads = o.Threads, BatchSize = o.BatchSize, SeqLen = o.SeqLen };
+            }
+            long peak = ProcessMemory.PeakRssBytes();
+
+            // Elapsed[i] = trainer clock at the end of step i+1. Timed window: end of the last warm-up step .. end of the last step.
+            var ends = progress.StepEnds;
+            if (ends.Count != o.WarmupSteps + o.Steps)
+                throw new InvalidOperationException($"the trainer reported {ends.Count} steps, expected {o.WarmupSteps + o.Steps}");
+            double window = ends[^1] - ends[o.WarmupSteps - 1];
+            var stepSeconds = Enumerable.Range(o.WarmupSteps, o.Steps).Select(i => ends[i] - ends[i - 1]).Order().ToList();
+            double median = stepSeconds.Count % 2 == 1
+                ? stepSeconds[stepSeconds.Count / 2]
+                : (stepSeconds[stepSeconds.Count / 2 - 1] + stepSeconds[stepSeconds.Count / 2]) / 2;
+            var s = result.Summary;
+            return new Measurement
+            {
+                Variant = variant.Name,
+                Threads = torch.get_num_threads(),
+                BatchSize = o.BatchSize,
+                SeqLen = o.SeqLen,
+                WarmupSteps = o.WarmupSteps,
+                TimedSteps = o.Steps,
+                TimedSeconds = window,
+                TokensPerSecond = (double)o.BatchSize * o.SeqLen * o.Steps / window,
+                MedianStepSeconds = median,
+                StepSeconds = ends.Select((end, i) => Math.Round(end - (i == 0 ? 0 : ends[i - 1]), 3)).ToList(),
+                RssBeforeTrainingBytes = rssBefore,
+                PeakRssBytes = peak,
+                TotalParameters = s.TotalParameters,
+                TrainableParameters = s.TrainableParameters,
+                WeightBytes = s.WeightBytes,
+                GradientBytes = s.GradientBytes,
+                OptimizerStateBytes = s.OptimizerStateBytes,
+                FirstLoss = result.Steps[0].Loss,
+                LastLoss = result.Steps[^1].Loss,
+            };
+        }
+        finally
+        {
+            try { if (Directory.Exists(outputDir)) Directory.Delete(outputDir, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>Records the trainer's clock at the end of every optimizer step; shows nothing.</summary>
+    sealed class StepClock : ITrainingProgress, IProgressSink
+    {
+        public List<double> StepEnds { get; } = new();
+
+        public void Run(int startStep, int totalSteps, Action<IProgressSink> loop) => loop(this);
+
+        public void OnStep(StepReport report) => StepEnds.Add(report.Elapsed.TotalSeconds);
+
+        public void WriteLine(string message) { }
+    }
+
+    /// <summary>The bench keeps no result: writing 60 MB of full weights would only add disk time after the loop.</summary>
+    sealed class NoOutput : ITrainingOutput
+    {
+        public void WriteFinal(string directory) { }
+    }
+}

@@ -1,0 +1,39 @@
+namespace Peft.Bench;
+
+/// <summary>
+/// One configuration the bench measures: a training method (the <c>method</c> section the composer gets) and
+/// whether <c>training:activation_checkpointing</c> is on. To add a variant, add a line to <see cref="All"/>.
+/// </summary>
+public sealed record Variant(string Name, string Description, IReadOnlyDictionary<string, string?> MethodSection, bool ActivationCheckpointing)
+{
+    /// <summary>LoRA as the issue asks: r = 16, alpha = 32, no dropout, on the attention projections.</summary>
+    static readonly Dictionary<string, string?> Lora = new()
+    {
+        ["method:name"] = "lora",
+        ["method:r"] = "16",
+        ["method:lora_alpha"] = "32",
+        ["method:lora_dropout"] = "0",
+        ["method:target_modules:0"] = "q_proj",
+        ["method:target_modules:1"] = "k_proj",
+        ["method:target_modules:2"] = "v_proj",
+        ["method:target_modules:3"] = "o_proj",
+    };
+
+    static readonly Dictionary<string, string?> Full = new() { ["method:name"] = "full" };
+
+    public static readonly IReadOnlyList<Variant> All =
+    [
+        new("full", "full fine-tuning (every parameter, AdamW)", Full, false),
+        new("lora", "LoRA r=16, alpha=32 on q,k,v,o_proj (AdamW)", Lora, false),
+        new("full-ac", "full fine-tuning + activation checkpointing", Full, true),
+        new("lora-ac", "LoRA + activation checkpointing", Lora, true),
+    ];
+
+    /// <summary>What runs without --variants.</summary>
+    public static IReadOnlyList<Variant> Defaults => All;
+
+    public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
+
+    /// <summary>The variant this one is compared with (LoRA against full fine-tuning with the same checkpointing setting).</summary>
+    public Variant? Baseline => MethodSection["method:name"] == "full" ? null : All.First(v => v.MethodSection["method:name"] == "full" && v.ActivationCheckpointing == ActivationCheckpointing);
+}
