@@ -198,8 +198,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
             var b = _loraB[name].Weight;
             var h = x.dtype == a.dtype ? x : x.to(a.dtype);
             if (training && state.Dropout > 0) h = nn.functional.dropout(h, state.Dropout, training: true);
-            var delta = nn.functional.linear(nn.functional.linear(h, a), b) * state.Scaling;   // (..., out)
-            result = result + (delta.dtype == resultType ? delta : delta.to(resultType));
+            var delta = nn.functional.linear(nn.functional.linear(h, a), b);   // (..., in) -> (..., r) -> (..., out)
+            // y += scaling * delta in one kernel (no separate (..., out) scaled temporary)
+            result = result.add(delta.dtype == resultType ? delta : delta.to(resultType), state.Scaling);
         }
         return result.MoveToOuterDisposeScope();
     }
