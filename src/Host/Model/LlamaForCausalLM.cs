@@ -64,6 +64,10 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
     }
 
     public LlamaConfig Config { get; }
+    /// <summary>
+    /// The dtype the model was built in (and that <see cref="HfModelFolder.Save"/> writes);
+    /// <see cref="CastFrozenWeights"/> does not change it.
+    /// </summary>
     public ScalarType StorageDtype { get; }
     public Device Device { get; }
     public ModelShape Shape => Config.ToShape();
