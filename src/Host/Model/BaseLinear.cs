@@ -10,12 +10,12 @@ namespace Peft.Host.Model;
 /// <c>weight</c> (out, in) is stored in a storage dtype (fp32, bf16 or fp16); the product is computed in the
 /// input's dtype by casting a temporary copy of the weight (no copy when the dtypes already agree).
 /// </summary>
-public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer
+public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStorageDtypeLayer
 {
     // Field names are the HF parameter names: "weight", "bias".
 #pragma warning disable IDE1006
-    readonly Parameter weight;
-    readonly Parameter? bias;
+    Parameter weight;
+    Parameter? bias;
 #pragma warning restore IDE1006
 
     public BaseLinear(long inFeatures, long outFeatures, bool hasBias = false,
@@ -63,6 +63,20 @@ public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer
             throw new ArgumentException($"SetDenseWeight: expected shape [{OutFeatures}, {InFeatures}], got [{string.Join(", ", newWeight.shape)}]");
         using var _ = torch.no_grad();
         weight.copy_(newWeight);
+    }
+
+    void IStorageDtypeLayer.StoreParameterAs(string name, ScalarType dtype)
+    {
+        var old = name switch
+        {
+            "weight" => weight,
+            "bias" when bias is not null => bias,
+            _ => throw new ArgumentException(ParameterStorage.UnknownParameter(nameof(BaseLinear), name), nameof(name)),
+        };
+        var stored = ParameterStorage.Recast(old, dtype);
+        if (name == "weight") weight = stored; else bias = stored;
+        ConditionallyRegisterParameter(name, stored);
+        old.Dispose();
     }
 
     /// <summary>Copy a bias (out,) in; the layer must have been built with a bias.</summary>

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Peft.Abstractions.Model;
+using Peft.Host.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -13,7 +14,7 @@ namespace Peft.Host.Model;
 /// Parameters live in a storage dtype (fp32, bf16 or fp16) on one device and are built there; compute is fp32.
 /// Every linear layer is a slot addressed by its HF module name (<see cref="GetLinear"/>, <see cref="SetLinear"/>).
 /// </summary>
-public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLanguageModel
+public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLanguageModel, IBaseWeightsCaster, IActivationCheckpointing
 {
     public const string HeadName = "lm_head";
 
@@ -63,6 +64,10 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
     }
 
     public LlamaConfig Config { get; }
+    /// <summary>
+    /// The dtype the model was built in (and that <see cref="HfModelFolder.Save"/> writes);
+    /// <see cref="CastFrozenWeights"/> does not change it.
+    /// </summary>
     public ScalarType StorageDtype { get; }
     public Device Device { get; }
     public ModelShape Shape => Config.ToShape();
@@ -129,6 +134,42 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
         var hidden = model.call(inputIds, cache);              // (B, T, D)
         var logits = lm_head.Module.call(hidden);               // (B, T, V)
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations (training mode, no KV
+    /// cache); the losses and gradients are those of the plain pass.
+    /// </summary>
+    public bool ActivationCheckpointing
+    {
+        get => model.ActivationCheckpointing;
+        set => model.ActivationCheckpointing = value;
+    }
+
+    /// <summary>
+    /// Store the frozen floating-point parameters of the model's own layers (linear, RMSNorm, embedding — also a
+    /// linear wrapped by an adapter, e.g. <c>…q_proj.base_layer.weight</c>) in <paramref name="dtype"/>; the layers
+    /// upcast them per call, so compute stays fp32. A parameter is kept as it is when
+    /// <paramref name="isTrainable"/> names it or it requires grad (it may be in an optimizer: same object, same
+    /// storage). A re-stored parameter is a new Parameter object (torch's <c>set_</c> cannot change a dtype); the
+    /// tied head reads <c>model.embed_tokens.weight</c> at each call and follows. Parameters of modules the model
+    /// does not own (an adapter's own tensors) are left alone: the model cannot know that they upcast.
+    /// </summary>
+    public void CastFrozenWeights(ScalarType dtype, Func<string, bool> isTrainable)
+    {
+        if (!ParameterStorage.IsSupported(dtype))
+            throw new ArgumentException($"frozen weights can be stored in Float32, BFloat16 or Float16, not {dtype}", nameof(dtype));
+        ArgumentNullException.ThrowIfNull(isTrainable);
+        foreach (var (prefix, module) in named_modules().ToList())
+        {
+            if (module is not IStorageDtypeLayer layer) continue;
+            foreach (var (local, p) in module.named_parameters(recurse: false).ToList())
+            {
+                string name = $"{prefix}.{local}";
+                if (!p.is_floating_point() || p.dtype == dtype || p.requires_grad || isTrainable(name)) continue;
+                layer.StoreParameterAs(local, dtype);
+            }
+        }
     }
 
     public KvCache CreateKvCache(int batchSize = 1, int? capacity = null) =>

@@ -1,3 +1,4 @@
+using Peft.Host.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -28,6 +29,12 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
     }
 
     /// <summary>
+    /// Recompute each decoder layer's activations in the backward pass (<see cref="ActivationCheckpoint"/>) instead
+    /// of keeping them: applies in training mode, with grad enabled and without a KV cache.
+    /// </summary>
+    public bool ActivationCheckpointing { get; set; }
+
+    /// <summary>
     /// ids (B, T) -> normalized hidden states (B, T, D). With a cache, the ids are positions cache.Length ..
     /// cache.Length+T-1 and their keys/values are appended; without one, positions start at 0.
     /// </summary>
@@ -38,7 +45,15 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         var (cos, sin) = _rotary.Tables(start, t, ids.device);
         var inputs = new AttentionInputs(cos, sin, start, cache);
         var h = embed_tokens.call(ids);
-        foreach (var layer in layers) h = layer.call(h, inputs);
+        bool checkpointing = ActivationCheckpointing && training && cache is null && torch.is_grad_enabled();
+        foreach (var layer in layers)
+        {
+            h = checkpointing
+                // The rotary tables are made in this pass and freed with its scope: they travel as the block's
+                // constants (saved in the graph) so that the recomputation in backward still has them.
+                ? ActivationCheckpoint.Run((x, c) => layer.call(x, new AttentionInputs(c[0], c[1], start, null)), h, [cos, sin], layer.parameters())
+                : layer.call(h, inputs);
+        }
         cache?.Advance(t);
         return norm.call(h).MoveToOuterDisposeScope();
     }

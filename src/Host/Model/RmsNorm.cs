@@ -8,10 +8,10 @@ namespace Peft.Host.Model;
 /// RMSNorm (Zhang &amp; Sennrich 2019), as HF's LlamaRMSNorm: y = w * x / sqrt(mean(x^2 over the last dim) + eps),
 /// the statistics in fp32, x (..., hidden) -> y (..., hidden) in x's dtype.
 /// </summary>
-public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>, IStorageDtypeLayer
 {
 #pragma warning disable IDE1006
-    readonly Parameter weight;
+    Parameter weight;
 #pragma warning restore IDE1006
     readonly double _eps;
 
@@ -24,6 +24,15 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     }
 
     public Parameter Weight => weight;
+
+    void IStorageDtypeLayer.StoreParameterAs(string name, ScalarType dtype)
+    {
+        if (name != "weight") throw new ArgumentException(ParameterStorage.UnknownParameter(nameof(RmsNorm), name), nameof(name));
+        var old = weight;
+        weight = ParameterStorage.Recast(old, dtype);
+        ConditionallyRegisterParameter(name, weight);
+        old.Dispose();
+    }
 
     public override Tensor forward(Tensor x)
     {

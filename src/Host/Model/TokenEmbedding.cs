@@ -5,10 +5,10 @@ using static TorchSharp.torch;
 namespace Peft.Host.Model;
 
 /// <summary>Token embedding: ids (B, T) int64 -> rows of <c>weight</c> (vocab, hidden), returned in fp32 (the compute dtype).</summary>
-public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
+public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>, IStorageDtypeLayer
 {
 #pragma warning disable IDE1006
-    readonly Parameter weight;
+    Parameter weight;
 #pragma warning restore IDE1006
 
     public TokenEmbedding(long vocabSize, long hiddenSize, ScalarType storageDtype = ScalarType.Float32, Device? device = null)
@@ -19,6 +19,15 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
     }
 
     public Parameter Weight => weight;
+
+    void IStorageDtypeLayer.StoreParameterAs(string name, ScalarType dtype)
+    {
+        if (name != "weight") throw new ArgumentException(ParameterStorage.UnknownParameter(nameof(TokenEmbedding), name), nameof(name));
+        var old = weight;
+        weight = ParameterStorage.Recast(old, dtype);
+        ConditionallyRegisterParameter(name, weight);
+        old.Dispose();
+    }
 
     public override Tensor forward(Tensor ids)
     {
