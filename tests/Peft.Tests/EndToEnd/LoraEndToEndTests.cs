@@ -116,14 +116,18 @@ public sealed class LoraEndToEndTests(Stories260KFixture fx)
         foreach (var t in factors.Values) t.Dispose();
     }
 
-    string Train(string outDir, params string[] extra)
+    const string LoraMethod = """{ "name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }""";
+
+    string Train(string outDir, params string[] extra) => Train(outDir, LoraMethod, extra);
+
+    string Train(string outDir, string methodJson, string[] extra)
     {
         var config = Path.Combine(fx.NewDir("cfg"), "train.json");
         Directory.CreateDirectory(Path.GetDirectoryName(config)!);
         File.WriteAllText(config, $$"""
         {
           "model": { "path": {{JsonValue.Create(fx.ModelDir).ToJsonString()}} },
-          "method": { "name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] },
+          "method": {{methodJson}},
           "data": { "path": {{JsonValue.Create(Path.Combine(Stories260KFixture.DataDir, "..", "alpaca_libre", "alpaca_libre_ok.jsonl")).ToJsonString()}},
                     "seq_len": 128, "validation_fraction": 0.05, "max_rows": 200 },
           "training": { "seed": 7, "batch_size": 4, "max_steps": 8, "learning_rate": 0.005, "lr_scheduler": "cosine",
@@ -177,6 +181,24 @@ public sealed class LoraEndToEndTests(Stories260KFixture fx)
         second.Should().Equal(first);
         File.ReadAllBytes(Path.Combine(resumedDir, "adapter", "adapter_model.safetensors"))
             .Should().Equal(File.ReadAllBytes(Path.Combine(adapterDir, "adapter_model.safetensors")));
+    }
+
+    [Fact]
+    public void Full_fine_tuning_writes_an_HF_model_folder_that_eval_loads()
+    {
+        var outDir = fx.NewDir("full");
+        Train(outDir, """{ "name": "full" }""", ["--set", "training:max_steps=2", "--set", "training:eval_every=0", "--set", "training:checkpoint_every=0"]);
+        var modelDir = Path.Combine(outDir, "model");
+        Directory.GetFiles(modelDir).Select(Path.GetFileName).Should().Contain(["config.json", "model.safetensors", "tokenizer.model"]);
+        Directory.Exists(Path.Combine(outDir, "adapter")).Should().BeFalse();
+
+        var data = Path.Combine(fx.NewDir("data"), "eval.txt");
+        Directory.CreateDirectory(Path.GetDirectoryName(data)!);
+        File.WriteAllText(data, EvalText);
+        var trained = Peft("eval", "--model", modelDir, "--data", data, "--json");
+        trained.Code.Should().Be(0, trained.Err);
+        var baseline = JsonLoss(Peft("eval", "--model", fx.ModelDir, "--data", data, "--json").Out);
+        Math.Abs(JsonLoss(trained.Out) - baseline).Should().BeGreaterThan(1e-6, "two full fine-tuning steps changed the weights");
     }
 
     static void CopyDirectory(string from, string to)
