@@ -26,9 +26,14 @@ public static class CausalLmLoss
             throw new ArgumentException($"labels [{string.Join(", ", labels.shape)}] do not match logits [{string.Join(", ", logits.shape)}]", nameof(labels));
         using var scope = torch.NewDisposeScope();
         long vocab = logits.shape[2];
-        var shiftedLogits = logits[.., ..^1, ..].reshape(-1, vocab);   // predictions at positions 0..T−2
-        var shiftedLabels = labels[.., 1..].reshape(-1);                 // targets at positions 1..T−1
-        var sum = nn.functional.cross_entropy(shiftedLogits.to_type(ScalarType.Float32), shiftedLabels, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
+        // Shift the labels, not the logits: position t predicts labels[t+1], the last position predicts nothing
+        // (IgnoreIndex). Slicing the (batch, seq, vocab) logits instead would copy them (and their gradient).
+        var next = labels[.., 1..];                                                         // (B, T−1)
+        var pad = torch.full(new long[] { labels.shape[0], 1 }, IgnoreIndex, labels.dtype, labels.device);
+        var shiftedLabels = torch.cat([next, pad], 1).reshape(-1);                        // (B·T)
+        var flatLogits = logits.reshape(-1, vocab);                                        // (B·T, V), a view
+        if (flatLogits.dtype != ScalarType.Float32) flatLogits = flatLogits.to_type(ScalarType.Float32);
+        var sum = nn.functional.cross_entropy(flatLogits, shiftedLabels, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
         return sum.MoveToOuterDisposeScope();
     }
 }
