@@ -20,16 +20,8 @@ public static class ChildRun
         var outputDir = Path.Combine(Path.GetTempPath(), $"peft-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
         try
         {
-            var root = Workload.Configuration(variant, o, outputDir);
-            var options = Peft.Abstractions.Configuration.OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
-
-            using var catalog = PluginCatalog.LoadForHost(AppContext.BaseDirectory, root);
-            torch.manual_seed(o.Seed);
-            using var model = new LlamaForCausalLM(Workload.Stories15MShape());
-            // As peft train: the seed also fixes the adapter's initialisation.
-            torch.manual_seed(o.Seed);
-            var composed = PeftComposer.Compose(catalog, model, root, options.ToOptimizerSettings());
-            using var optimizer = composed.Optimizer;
+            using var setup = ComposedWorkload.Create(variant, o, outputDir);
+            var (options, model, composed, optimizer) = (setup.Options, setup.Model, setup.Composed, setup.Composed.Optimizer);
             int examples = o.BatchSize * Math.Max(4, o.WarmupSteps + o.Steps);
             var data = Workload.RandomTokens(examples, o.SeqLen, model.Config.VocabSize, o.Seed);
 

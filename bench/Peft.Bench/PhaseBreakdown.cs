@@ -24,14 +24,8 @@ public static class PhaseBreakdown
         if (variant.ActivationCheckpointing)
             return new Measurement { Variant = variant.Name, Skipped = "the breakdown runs without activation checkpointing" };
         torch.set_num_threads(o.Threads);
-        var root = Workload.Configuration(variant, o, Path.GetTempPath());
-        var options = Peft.Abstractions.Configuration.OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
-        using var catalog = PluginCatalog.LoadForHost(AppContext.BaseDirectory, root);
-        torch.manual_seed(o.Seed);
-        using var model = new LlamaForCausalLM(Workload.Stories15MShape());
-        torch.manual_seed(o.Seed);
-        var composed = PeftComposer.Compose(catalog, model, root, options.ToOptimizerSettings());
-        using var optimizer = composed.Optimizer;
+        using var setup = ComposedWorkload.Create(variant, o, Path.GetTempPath());
+        var (options, model, composed, optimizer) = (setup.Options, setup.Model, setup.Composed, setup.Composed.Optimizer);
         var data = Workload.RandomTokens(o.BatchSize * (o.WarmupSteps + o.Steps), o.SeqLen, model.Config.VocabSize, o.Seed);
         var trainable = composed.TrainableParameters.Select(p => p.Parameter).ToList();
 
