@@ -90,45 +90,16 @@ public sealed class LoraMethod : IPeftMethod
     }
 
     /// <summary>
-    /// Trainable parameters r * (in + out) per targeted layer of a Llama-shaped model, float32 weights and
-    /// gradients. Optimizer state is left to the optimizer strategy's own estimate.
+    /// Trainable parameters r * (in + out) per targeted slot, float32 weights and gradients. Optimizer state is left
+    /// to the optimizer strategy's own estimate.
     /// </summary>
-    public MemoryEstimate? EstimateMemory(ModelShape shape, IConfiguration options)
+    public MemoryEstimate? EstimateMemory(ModelShape shape, IReadOnlyList<LinearSlot> slots, IConfiguration options)
     {
         var o = LoraOptions.FromConfiguration(options);
-        var linears = LlamaLinearShapes(shape);
-        var names = linears.Select(l => l.Name).ToList();
-        var byName = linears.ToDictionary(l => l.Name);
-        var targets = LoraTargetSelector.Select(o, names, "lm_head", LayerIndexOfLlamaName);
-        long count = targets.Sum(t => (long)t.Rank * (byName[t.ModuleName].In + byName[t.ModuleName].Out));
+        var head = slots.FirstOrDefault(s => s.Kind == LinearKind.OutputHead)?.Name ?? "";
+        var byName = slots.ToDictionary(s => s.Name);
+        var targets = LoraTargetSelector.Select(o, slots.Select(s => s.Name).ToList(), head, n => byName[n].LayerIndex);
+        long count = targets.Sum(t => (long)t.Rank * (byName[t.ModuleName].InFeatures + byName[t.ModuleName].OutFeatures));
         return new MemoryEstimate(count, count * sizeof(float), count * sizeof(float), 0);
-    }
-
-    /// <summary>The linear layers of a Llama decoder with HF names and (in, out) sizes, lm_head last.</summary>
-    public static IReadOnlyList<(string Name, long In, long Out)> LlamaLinearShapes(ModelShape s)
-    {
-        long h = s.HiddenSize, kv = (long)s.NumKeyValueHeads * s.HeadDim, i = s.IntermediateSize;
-        var list = new List<(string, long, long)>();
-        for (int l = 0; l < s.NumHiddenLayers; l++)
-        {
-            var p = $"model.layers.{l}.";
-            list.Add((p + "self_attn.q_proj", h, h));
-            list.Add((p + "self_attn.k_proj", h, kv));
-            list.Add((p + "self_attn.v_proj", h, kv));
-            list.Add((p + "self_attn.o_proj", h, h));
-            list.Add((p + "mlp.gate_proj", h, i));
-            list.Add((p + "mlp.up_proj", h, i));
-            list.Add((p + "mlp.down_proj", i, h));
-        }
-        list.Add(("lm_head", h, s.VocabSize));
-        return list;
-    }
-
-    static int? LayerIndexOfLlamaName(string name)
-    {
-        const string prefix = "model.layers.";
-        if (!name.StartsWith(prefix, StringComparison.Ordinal)) return null;
-        var end = name.IndexOf('.', prefix.Length);
-        return int.TryParse(end < 0 ? name[prefix.Length..] : name[prefix.Length..end], out var i) ? i : null;
     }
 }

@@ -33,6 +33,10 @@ public interface IPeftMethod
     /// </summary>
     IAdapter? AttachFromAdapterConfig(IPeftModel model, string adapterName, JsonObject adapterConfig);
 
-    /// <summary>Memory of the trainable state this method adds, for planning (null if unknown).</summary>
-    MemoryEstimate? EstimateMemory(ModelShape shape, IConfiguration options) => null;
+    /// <summary>
+    /// Memory of the trainable state this method adds, for planning (null if unknown). <paramref name="slots"/> are
+    /// the model's linear slots (from a live model's <see cref="IPeftModel.LinearSlots"/> or from the host's layout
+    /// of a config), so the method needs no knowledge of the architecture.
+    /// </summary>
+    MemoryEstimate? EstimateMemory(ModelShape shape, IReadOnlyList<LinearSlot> slots, IConfiguration options) => null;
 }

@@ -13,8 +13,11 @@ public interface IPeftModel
 {
     ModelShape Shape { get; }
 
+    /// <summary>Every linear layer slot, in model order, including the output head: name, short name, layer index, kind, shape.</summary>
+    IReadOnlyList<LinearSlot> LinearSlots { get; }
+
     /// <summary>Names of every linear layer slot, in model order, including the output head.</summary>
-    IReadOnlyList<string> LinearLayerNames { get; }
+    IReadOnlyList<string> LinearLayerNames => LinearSlots.Select(s => s.Name).ToList();
 
     /// <summary>HF name of the output head (<c>lm_head</c>); excluded by <c>all-linear</c>. With tied embeddings it is still listed.</summary>
     string OutputHeadName { get; }
@@ -22,10 +25,17 @@ public interface IPeftModel
     /// <summary>The layer currently in the slot (possibly already wrapped or quantized).</summary>
     ILinearLayer GetLinear(string name);
 
-    /// <summary>Put <paramref name="layer"/> into the slot, replacing what is there. The old layer is not disposed.</summary>
+    /// <summary>
+    /// Put <paramref name="layer"/> into the slot, replacing what is there. Ownership: the model owns what is in its
+    /// slots; the replaced layer goes back to the caller, who either keeps it inside the new layer (an adapter
+    /// keeps its base layer) or disposes it (a quantizer's caller frees the full-precision layer it replaced).
+    /// </summary>
     void SetLinear(string name, ILinearLayer layer);
 
-    /// <summary>Decoder layer index of a module or parameter name (<c>model.layers.3.mlp.up_proj</c> -> 3), or null.</summary>
+    /// <summary>
+    /// Decoder layer index of a module or parameter name (<c>model.layers.3.mlp.up_proj</c> -> 3,
+    /// <c>model.layers.3.self_attn.q_proj.lora_A.weight</c> -> 3), or null. Plugins call this rather than parse names.
+    /// </summary>
     int? LayerIndexOf(string name);
 
     /// <summary>Every parameter, with its HF-style name (adapter parameters included once attached).</summary>

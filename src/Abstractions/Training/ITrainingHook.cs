@@ -23,6 +23,16 @@ public interface ITrainingHook
     void OnTrainingStart(TrainingContext context) { }
     void OnStepStart(TrainingContext context) { }
     void OnStepEnd(TrainingContext context) { }
+
+    /// <summary>
+    /// The hook's state for checkpoints (its random generator, what it activated...), as JSON; null when it has none.
+    /// The trainer writes it into each checkpoint under the hook's name and hands it back through
+    /// <see cref="LoadState"/> on resume, before <see cref="OnTrainingStart"/>.
+    /// </summary>
+    System.Text.Json.Nodes.JsonObject? SaveState() => null;
+
+    /// <summary>Restore what <see cref="SaveState"/> returned (resume).</summary>
+    void LoadState(System.Text.Json.Nodes.JsonObject state) { }
 }
 
 /// <summary>What a hook sees of the run.</summary>

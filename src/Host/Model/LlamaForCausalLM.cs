@@ -23,7 +23,7 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
     ILinearLayer lm_head;
 #pragma warning restore IDE1006
     readonly Dictionary<string, (ILinearSlotOwner Owner, string Slot)> _slotOwners = new(StringComparer.Ordinal);
-    readonly List<string> _linearNames = new();
+    readonly IReadOnlyList<LinearSlot> _slots;
     readonly HeadSlot _headSlot;
 
     /// <summary>
@@ -50,15 +50,14 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
         register_module(HeadName, lm_head.Module);
         RegisterComponents();
 
-        for (int i = 0; i < config.NumHiddenLayers; i++)
+        _slots = LlamaLayout.Slots(config.ToShape(), config.HeadDim);
+        foreach (var slot in _slots)
         {
-            var layer = model.layers[i];
-            foreach (var slot in new[] { "q_proj", "k_proj", "v_proj", "o_proj" })
-                AddSlot($"model.layers.{i}.self_attn.{slot}", layer.self_attn, slot);
-            foreach (var slot in new[] { "gate_proj", "up_proj", "down_proj" })
-                AddSlot($"model.layers.{i}.mlp.{slot}", layer.mlp, slot);
+            ILinearSlotOwner owner = slot.LayerIndex is not { } i ? _headSlot
+                : slot.Kind is LinearKind.MlpGate or LinearKind.MlpUp or LinearKind.MlpDown ? model.layers[i].mlp
+                : model.layers[i].self_attn;
+            _slotOwners[slot.Name] = (owner, slot.ShortName);
         }
-        AddSlot(HeadName, _headSlot, HeadName);
 
         if (initialize) InitializeWeights();
     }
@@ -71,18 +70,13 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
     public ScalarType StorageDtype { get; }
     public Device Device { get; }
     public ModelShape Shape => Config.ToShape();
-    public IReadOnlyList<string> LinearLayerNames => _linearNames;
+    public IReadOnlyList<LinearSlot> LinearSlots => _slots;
+    public IReadOnlyList<string> LinearLayerNames => _slots.Select(s => s.Name).ToList();
     public string OutputHeadName => HeadName;
     public nn.Module Module => this;
 
     /// <summary>The token embedding parameter (vocab, hidden), <c>model.embed_tokens.weight</c>.</summary>
     public Parameter EmbeddingWeight => model.embed_tokens.Weight;
-
-    void AddSlot(string name, ILinearSlotOwner owner, string slot)
-    {
-        _slotOwners[name] = (owner, slot);
-        _linearNames.Add(name);
-    }
 
     public ILinearLayer GetLinear(string name)
     {

@@ -165,7 +165,7 @@ public sealed class LoraAdapterTests
     public void Memory_estimate_counts_r_times_in_plus_out_per_target()
     {
         var shape = FakeLlamaModel.SmolLM135M;
-        var estimate = Method.EstimateMemory(shape, LoraConfig.Section("""{ "r": 16, "target_modules": ["q_proj", "v_proj"] }"""))!;
+        var estimate = Method.EstimateMemory(shape, FakeLlamaModel.SlotsFor(shape), LoraConfig.Section("""{ "r": 16, "target_modules": ["q_proj", "v_proj"] }"""))!;
         // per layer: q 16 * (576 + 576) + v 16 * (576 + 192); 30 layers. Same count as the real adapter file has.
         estimate.TrainableParameters.Should().Be(30L * (16 * (576 + 576) + 16 * (576 + 192)));
         estimate.WeightBytes.Should().Be(estimate.TrainableParameters * 4);

@@ -148,8 +148,14 @@ public sealed class TinyCausalLm : ICausalLanguageModel, IBaseWeightsCaster, IAc
     public FakeLmModule Net => _module;
     public ModelShape Shape { get; }
 
-    public IReadOnlyList<string> LinearLayerNames =>
-        Enumerable.Range(0, Shape.NumHiddenLayers).SelectMany(i => new[] { $"layers.{i}.up_proj", $"layers.{i}.down_proj" }).Append("lm_head").ToList();
+    public IReadOnlyList<LinearSlot> LinearSlots =>
+        Enumerable.Range(0, Shape.NumHiddenLayers)
+            .SelectMany(i => new[]
+            {
+                new LinearSlot($"layers.{i}.up_proj", "up_proj", i, LinearKind.MlpUp, Shape.HiddenSize, Shape.IntermediateSize),
+                new LinearSlot($"layers.{i}.down_proj", "down_proj", i, LinearKind.MlpDown, Shape.IntermediateSize, Shape.HiddenSize),
+            })
+            .Append(new LinearSlot("lm_head", "lm_head", null, LinearKind.OutputHead, Shape.HiddenSize, Shape.VocabSize)).ToList();
 
     public string OutputHeadName => "lm_head";
 
