@@ -79,7 +79,7 @@ public static class PeftComposer
         // 4. optimizer strategy over the trainable parameters
         var optSel = ComponentSelection.From(root, "optimizer");
         var strategy = catalog.GetOptimizerStrategy(optSel?.Name ?? DefaultOptimizer, optSel?.NameKey ?? "optimizer:name");
-        var optimizer = strategy.Create(trainable, settings, optSel?.Section ?? root.GetSection("optimizer"));
+        var optimizer = strategy.Create(model, trainable, settings, optSel?.Section ?? root.GetSection("optimizer"));
 
         return new ComposedRun(adapter, methodName, quantization?.Name, trainable, optimizer, hooks);
     }
