@@ -60,7 +60,7 @@ public sealed class GaLoreTrainingOnLlamaTests(Stories260KFixture fx)
     public void Full_weight_GaLore_lowers_the_held_out_loss_and_with_gap_1_the_projector_changes_every_step()
     {
         using var c = Compose(("rank", "8"), ("update_proj_gap", "1"), ("scale", "0.25"));
-        c.Run.MethodName.Should().Be(PeftComposer.FullFineTuning);
+        c.Run.MethodName.Should().Be(FullFineTuning.Name);
         var state0 = c.Run.Optimizer.GetState();
         state0.Should().BeEmpty();
         var data = Data(3);
