@@ -22,7 +22,7 @@ public sealed class GaLoreTrainingOnLlamaTests(Stories260KFixture fx)
 
     TrainingDataSet Data(int seed) => TrainingDataSet.Load(new DataOptions
     {
-        Path = Path.Combine(Stories260KFixture.DataDir, "..", "alpaca_libre", "alpaca_libre_ok.jsonl"),
+        Path = TestData.Repo("alpaca_libre/alpaca_libre_ok.jsonl"),
         Format = "instruction", SeqLen = 128, ValidationFraction = 0.1, MaxRows = 120,
     }, fx.Tokenizer, seed);
 
