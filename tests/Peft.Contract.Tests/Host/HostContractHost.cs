@@ -117,7 +117,7 @@ public sealed class HostContractHost : IContractHost
 
     static HostContractHost CreateStories260K()
     {
-        var data = FindStories260K();
+        var data = Peft.Testing.TestData.Repo("stories260K");
         var dir = Directory.CreateTempSubdirectory("peft-contract-stories-").FullName;
         try
         {
@@ -134,16 +134,6 @@ public sealed class HostContractHost : IContractHost
 
     static List<(string, Tensor)> Snapshot(LlamaForCausalLM model) =>
         model.named_parameters().Select(p => (p.name, p.parameter.detach().clone().DetachFromDisposeScope())).ToList();
-
-    static string FindStories260K()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, "..", "shared", "data", "stories260K");
-            if (File.Exists(Path.Combine(candidate, "stories260K.bin"))) return Path.GetFullPath(candidate);
-        }
-        throw new DirectoryNotFoundException("../shared/data/stories260K not found above " + AppContext.BaseDirectory);
-    }
 
     sealed class HostModel(LlamaForCausalLM model) : IContractModel
     {
