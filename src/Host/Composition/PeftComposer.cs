@@ -75,6 +75,8 @@ public static class PeftComposer
         var hooks = ComponentSelection.ListFrom(root, "hooks")
             .Select(h => catalog.GetHookFactory(h.Name, h.NameKey).Create(h.Section))
             .ToList();
+        // hooks may train parameters the method froze (LISA + LoRA: the sampled layers' own weights)
+        trainable = HookParameters.Union(model, trainable, adapter?.TrainableParameters ?? [], hooks);
 
         // 4. optimizer strategy over the trainable parameters
         var optSel = ComponentSelection.From(root, "optimizer");
