@@ -112,7 +112,7 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
         foreach (var (name, p) in _parameters)
         {
             using var grad = p.grad;
-            if (grad is null) continue;
+            if (grad is null || !p.requires_grad) continue;     // a hook (LISA) froze it: no decay, no update, no state
             StepParameter(name, p, grad, learningRate);
         }
     }
