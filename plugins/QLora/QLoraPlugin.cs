@@ -13,5 +13,6 @@ public sealed class QLoraPlugin : IPeftPlugin
     public void ConfigureServices(IServiceCollection services)
     {
         // TODO: services.AddSingleton<IQuantizer, Nf4Quantizer>(); once the NF4 quantizer exists.
+        services.AddSingleton<Peft.Abstractions.Quantization.IQuantizer, Int8Quantizer>();
     }
 }
