@@ -35,13 +35,18 @@ public static class PeftComposer
     public static ComposedRun Compose(PluginCatalog catalog, ICausalLanguageModel model, IConfiguration root, Abstractions.Optimization.OptimizerSettings settings,
                                       string adapterName = "default")
     {
-        // 1. quantizer: every linear but the output head
+        // 1. quantizer: the slots it selects (default: every decoder projection; target_modules / skip_modules);
+        //    the full-precision layer each replaces is freed here (the model hands it back to the caller).
         var quantization = ComponentSelection.From(root, "quantization");
         if (quantization is not null)
         {
             var quantizer = catalog.GetQuantizer(quantization.Name, quantization.NameKey);
-            foreach (var name in model.LinearLayerNames.Where(n => n != model.OutputHeadName))
-                model.SetLinear(name, quantizer.Quantize(name, model.GetLinear(name), quantization.Section));
+            foreach (var slot in quantizer.SelectTargets(model.LinearSlots, quantization.Section))
+            {
+                var replaced = model.GetLinear(slot.Name);
+                model.SetLinear(slot.Name, quantizer.Quantize(slot.Name, replaced, quantization.Section));
+                replaced.Module.Dispose();
+            }
         }
 
         // 2. method: freeze everything, then the adapter's parameters are the trainable ones
