@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace Peft.Plugins.Tests.QLora;
 
 /// <summary>Double quantization: bitsandbytes' signed 8-bit dynamic map and the absmax round trip.</summary>
+[Collection(QLoraSerialCollection.Name)]
 public sealed class DoubleQuantizationTests
 {
     [Fact]

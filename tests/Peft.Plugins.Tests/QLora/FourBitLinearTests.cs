@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace Peft.Plugins.Tests.QLora;
 
 /// <summary>The quantized linear layer: forward/backward against the dense formula, storage held, ownership.</summary>
+[Collection(QLoraSerialCollection.Name)]
 public sealed class FourBitLinearTests
 {
     static FourBitLinear Quantize(ILinearLayer layer, string dtype = "float32", bool dq = true, int block = 64) =>

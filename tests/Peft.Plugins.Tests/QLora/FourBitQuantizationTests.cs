@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace Peft.Plugins.Tests.QLora;
 
 /// <summary>NF4 / FP4 blockwise quantization against bitsandbytes' own numbers and hand-made vectors.</summary>
+[Collection(QLoraSerialCollection.Name)]
 public sealed class FourBitQuantizationTests
 {
     static readonly IFourBitKernels Cpu = CpuFourBitKernels.Instance;
