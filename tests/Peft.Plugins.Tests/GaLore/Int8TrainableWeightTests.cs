@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 
 namespace Peft.Plugins.Tests.GaLore;
 
-[Collection("torch global generator")]
+[Collection(Peft.Plugins.Tests.QLora.QLoraSerialCollection.Name)]   // draws from torch's global generator
 public class Int8TrainableWeightTests
 {
     /// <summary>
