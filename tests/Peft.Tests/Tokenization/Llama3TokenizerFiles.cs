@@ -1,4 +1,4 @@
-using Peft.Tests.Import;
+using Peft.Testing;
 
 namespace Peft.Tests.Tokenization;
 
@@ -6,16 +6,7 @@ namespace Peft.Tests.Tokenization;
 public static class Llama3TokenizerFiles
 {
     /// <summary>The folder; a test that needs it fails naming the folder when it is absent.</summary>
-    public static string Dir
-    {
-        get
-        {
-            var dir = Path.GetFullPath(Path.Combine(Stories260KFixture.DataDir, "..", "llama3_tokenizer"));
-            if (!File.Exists(Path.Combine(dir, "tokenizer.json")))
-                throw new DirectoryNotFoundException($"{dir}: the Llama 3 tokenizer files (tokenizer.json, tokenizer_config.json) are missing; this test needs ../shared/data/llama3_tokenizer");
-            return dir;
-        }
-    }
+    public static string Dir => TestData.Shared("llama3_tokenizer");
 
     public static string TokenizerJson => Path.Combine(Dir, "tokenizer.json");
     public static string TokenizerConfig => Path.Combine(Dir, "tokenizer_config.json");
