@@ -81,12 +81,24 @@ public static class ChildRun
                 OptimizerStateBytes = s.OptimizerStateBytes,
                 FirstLoss = result.Steps[0].Loss,
                 LastLoss = result.Steps[^1].Loss,
+                StoredWeightBytes = StoredWeightBytes(model),
+                PeakGradientBytes = optimizer is Peft.Abstractions.Optimization.IBackwardStepOptimizer b ? b.PeakGradientBytes : null,
             };
         }
         finally
         {
             try { if (Directory.Exists(outputDir)) Directory.Delete(outputDir, recursive: true); } catch (IOException) { }
         }
+    }
+
+    /// <summary>Bytes the weights occupy as stored: float parameters (tied once) plus quantized linears' codes and scales.</summary>
+    static long StoredWeightBytes(Peft.Host.Model.LlamaForCausalLM model)
+    {
+        var seen = new HashSet<IntPtr>();
+        long bytes = model.NamedParameters().Where(p => seen.Add(p.Parameter.Handle)).Sum(p => p.Parameter.NumberOfElements * p.Parameter.ElementSize);
+        foreach (var slot in model.LinearSlots)
+            if (model.GetLinear(slot.Name) is Peft.Abstractions.Quantization.ITrainableQuantizedWeight q) bytes += q.QuantizedBytes;
+        return bytes;
     }
 
     /// <summary>Records the trainer's clock at the end of every optimizer step; shows nothing.</summary>

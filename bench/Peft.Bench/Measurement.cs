@@ -44,6 +44,12 @@ public sealed record Measurement
     [JsonPropertyName("first_loss")] public double FirstLoss { get; init; }
     [JsonPropertyName("last_loss")] public double LastLoss { get; init; }
 
+    /// <summary>Weights as stored (float parameters + quantized codes and scales), measured from the tensors.</summary>
+    [JsonPropertyName("stored_weight_bytes")] public long? StoredWeightBytes { get; init; }
+
+    /// <summary>Most gradient bytes alive at once, measured by optimizers that report it (GaLore); null otherwise.</summary>
+    [JsonPropertyName("peak_gradient_bytes")] public long? PeakGradientBytes { get; init; }
+
     public string ToLine() => Prefix + JsonSerializer.Serialize(this);
 
     public static Measurement? FromLine(string line) =>

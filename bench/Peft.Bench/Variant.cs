@@ -21,16 +21,36 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
 
     static readonly Dictionary<string, string?> Full = new() { ["method:name"] = "full" };
 
+    /// <summary>GaLore as the paper runs it: rank 128, gap 200, scale 0.25, std projection on every attention/MLP weight.</summary>
+    static Dictionary<string, string?> GaLore(bool layerwise = false, bool int8 = false)
+    {
+        var d = new Dictionary<string, string?>
+        {
+            ["method:name"] = "full",
+            ["optimizer:name"] = "galore",
+            ["optimizer:rank"] = "128",
+            ["optimizer:update_proj_gap"] = "200",
+            ["optimizer:scale"] = "0.25",
+        };
+        if (layerwise) d["optimizer:layerwise"] = "true";
+        if (int8) d["quantization:name"] = "int8";
+        if (layerwise || int8) d["training:max_grad_norm"] = "0";   // layer-wise and INT8 GaLore refuse global-norm clipping
+        return d;
+    }
+
     public static readonly IReadOnlyList<Variant> All =
     [
         new("full", "full fine-tuning (every parameter, AdamW)", Full, false),
         new("lora", "LoRA r=16, alpha=32 on q,k,v,o_proj (AdamW)", Lora, false),
         new("full-ac", "full fine-tuning + activation checkpointing", Full, true),
         new("lora-ac", "LoRA + activation checkpointing", Lora, true),
+        new("galore", "full-weight GaLore std r=128 (AdamW elsewhere)", GaLore(), false),
+        new("galore-lw", "GaLore, layer-wise updates during backward", GaLore(layerwise: true), false),
+        new("galore-int8", "GaLore on an INT8 base (Q-GaLore, stochastic rounding)", GaLore(int8: true), false),
     ];
 
-    /// <summary>What runs without --variants.</summary>
-    public static IReadOnlyList<Variant> Defaults => All;
+    /// <summary>What runs without --variants (the GaLore variants run with --variants full,galore,galore-lw,galore-int8).</summary>
+    public static IReadOnlyList<Variant> Defaults => All.Take(4).ToList();
 
     public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
 
