@@ -16,6 +16,14 @@ public interface IOptimizerStrategy
     string Description { get; }
 
     IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options);
+
+    /// <summary>
+    /// True when this strategy trains the weights of a quantized base itself (Q-GaLore: <c>quantization: int8</c> +
+    /// <c>optimizer: galore</c>, no method). Only then does the host accept a quantizer without a PEFT method; every
+    /// other strategy needs a method to wrap the quantized layers (a quantized base cannot be fully fine-tuned by
+    /// plain AdamW). The GaLore issue defines how such a strategy reaches the quantized weights.
+    /// </summary>
+    bool TrainsQuantizedWeights => false;
 }
 
 /// <summary>Hyper-parameters every strategy receives from the training loop.</summary>

@@ -3,6 +3,7 @@ using Peft.Host.Cli;
 using Peft.Host.Evaluation;
 using Peft.Host.Model;
 using Peft.Tests.Import;
+using Peft.Host.Commands;
 
 namespace Peft.Tests.Cli;
 

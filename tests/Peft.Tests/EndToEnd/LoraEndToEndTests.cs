@@ -5,6 +5,7 @@ using Peft.Host.Model;
 using Peft.Tests.Import;
 using TorchSharp;
 using static TorchSharp.torch;
+using Peft.Host.Commands;
 
 namespace Peft.Tests.EndToEnd;
 
