@@ -10,6 +10,7 @@ namespace Peft.Plugins.Tests.Dora;
 /// DoRA on one layer against formulas computed independently here (HF PEFT semantics, METHODS.md "DoRA"):
 /// W' = m ⊙ (W + s·BA) / ‖W + s·BA‖_row with the norm detached, bias outside the scaling.
 /// </summary>
+[Collection(GlobalRngCollection.Name)]
 public sealed class DoraLinearTests
 {
     static readonly DoraVariantFactory Dora = DoraVariantFactory.For(torch.CPU);
@@ -221,6 +222,33 @@ public sealed class DoraLinearTests
             TestTensors.MaxAbsDiff(again, adapterY).Should().BeLessThan(1e-5);
     }
 
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.2)]
+    public void A_training_step_leaves_no_native_tensor_behind(double dropout)
+    {
+        torch.manual_seed(15);
+        var baseLayer = TestLinear.Random(24, 12, withBias: true);
+        using var layer = DoraLayer(baseLayer, rank: 4, alpha: 8, dropout: dropout);
+        layer.train();
+        var trainable = new[] { layer.LoraA("default"), layer.LoraB("default"), Variant(layer).Magnitude };
+        using var x = torch.randn(3, 5, 24);
+        var live = new List<long>();
+        for (int step = 0; step < 6; step++)
+        {
+            using (var scope = torch.NewDisposeScope())
+            {
+                var loss = layer.forward(x).pow(2).mean();
+                loss.backward();
+                using (torch.no_grad())
+                    foreach (var p in trainable) { p.sub_(p.grad! * 0.01); }
+            }
+            foreach (var p in trainable) p.grad = null;
+            live.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+        }
+        live.Skip(1).Should().AllBeEquivalentTo(live[1], $"live tensor counts per step were {string.Join(", ", live)}");
+    }
+
     [Fact]
     public void The_magnitude_is_registered_on_the_layer_under_PEFTs_name()
     {
@@ -231,4 +259,11 @@ public sealed class DoraLinearTests
         layer.RemoveAdapter("default");
         layer.named_parameters().Select(p => p.name).Should().Equal("base_layer.weight");
     }
+}
+
+/// <summary>Tests that replay torch's global generator (manual_seed, then dropout) run alone, not beside other classes drawing from it.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GlobalRngCollection
+{
+    public const string Name = "global torch RNG";
 }
