@@ -73,7 +73,7 @@ public sealed class LoraOptionsTests
     [Fact]
     public void Adapter_config_is_bound_by_the_same_strict_binder_as_configuration()
     {
-        var json = File.ReadAllText("/work/shared/data/peft_adapters/smollm135m_lora_r16/adapter_config.json");
+        var json = File.ReadAllText(TestData.Shared("peft_adapters/smollm135m_lora_r16/adapter_config.json"));
         var config = System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject();
         config["lora_alpa"] = 16;   // a typo is refused by name, as in configuration
         var act = () => LoraOptions.FromAdapterConfig(config);

@@ -4,6 +4,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Peft.Abstractions.Methods;
 using Peft.Host.Adapters;
 using Peft.Host.Cli;
+using Peft.Host.Commands;
 using Peft.Host.Formats;
 using Peft.Host.Model;
 using Peft.Host.Plugins;
@@ -45,7 +46,7 @@ public sealed class DoraEndToEndTests(Stories260KFixture fx)
           "model": { "path": {{JsonValue.Create(fx.ModelDir).ToJsonString()}} },
           "quantization": {{quantizationJson}},
           "method": {{methodJson}},
-          "data": { "path": {{JsonValue.Create(Path.Combine(Stories260KFixture.DataDir, "..", "alpaca_libre", "alpaca_libre_ok.jsonl")).ToJsonString()}},
+          "data": { "path": {{JsonValue.Create(TestData.Repo("alpaca_libre/alpaca_libre_ok.jsonl")).ToJsonString()}},
                     "seq_len": 128, "validation_fraction": 0.05, "max_rows": 200 },
           "training": { "seed": 7, "batch_size": 4, "max_steps": 8, "learning_rate": 0.005, "lr_scheduler": "cosine",
                         "warmup_steps": 2, "eval_every": 4, "eval_batches": 4, "checkpoint_every": 0, "log_every": 1 },
