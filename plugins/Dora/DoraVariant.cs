@@ -57,13 +57,15 @@ public sealed class DoraVariant : LoraVariant
 
     public override IReadOnlyList<(string PeftKey, Parameter Parameter)> StateTensors => [(MagnitudeKey, _magnitude)];
 
-    /// <summary>m = ‖W + s·BA‖_row (PEFT's dora_init), from the dense (dequantized) base weight.</summary>
+    /// <summary>
+    /// m = ‖W + s·BA‖_row (PEFT's dora_init; W dequantized for a quantized base), computed exactly as the forward
+    /// computes wn, so that m / wn is exactly 1 until training moves A, B or m.
+    /// </summary>
     public override void Initialize(LoraLinear layer, string adapter)
     {
-        using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var w = layer.BaseLayer.DenseWeight(ScalarType.Float32).to(_magnitude.device);
-        _magnitude.copy_(_norm.DirectRowNorm(w, layer.LoraA(adapter), layer.LoraB(adapter), layer.Scaling(adapter)));
+        using var norm = WeightNorm(layer, adapter);
+        _magnitude.copy_(norm);
     }
 
     public override Tensor Forward(LoraLinear layer, string adapter, Tensor x, Tensor result)
@@ -80,24 +82,22 @@ public sealed class DoraVariant : LoraVariant
         using (torch.no_grad()) wn = WeightNorm(layer, adapter);    // (out,), detached
         var scale = _magnitude / wn;                                // m / wn (out,): the gradient reaches m only
 
-        Tensor y;
+        Tensor h, baseResult;
         if (layer.training && p > 0)
         {
             // PEFT: dropout applies to x for both the LoRA path and the re-computed base path W·dropout(x).
-            var h = nn.functional.dropout(x, p, training: true);
-            var baseResult = BaseWithoutBias(layer, h, bias32);     // W·dropout(x)  (..., out)
-            var lora = nn.functional.linear(nn.functional.linear(h, a), b);
-            // y = result + (m/wn − 1)·W·h + (m/wn)·s·B A h
-            y = result32 + (scale - 1) * baseResult + (scale * s) * lora;
+            h = nn.functional.dropout(x, p, training: true);
+            baseResult = BaseWithoutBias(layer, h, bias32);                              // W·dropout(x)  (..., out)
         }
         else
         {
-            var baseResult = bias32 is null ? result32 : result32 - bias32;                // result without bias
-            var lora = nn.functional.linear(nn.functional.linear(x, a), b);                // (..., out)
-            // y = result + (m/wn − 1)·base + (m/wn)·s·BAx = (m/wn)·(base + s·BAx) + bias
-            var directed = lora.mul(s).add_(baseResult);
-            y = bias32 is null ? directed * scale : torch.addcmul(bias32, directed, scale, value: 1);
+            h = x;
+            baseResult = bias32 is null ? result32 : result32 - bias32;                 // the result without the bias
         }
+        var lora = nn.functional.linear(nn.functional.linear(h, a), b);                 // B A h  (..., out)
+        // y = result + (m/wn − 1)·base_result + (m/wn)·s·B A h, in PEFT's order: at init m/wn is exactly 1 (m and wn
+        // come from the same computation), so the first term is exactly 0 and the layer is bit-identical to its base.
+        var y = torch.addcmul(result32, baseResult, scale - 1, value: 1).addcmul_(lora, scale, value: s);
         return (y.dtype == result.dtype ? y : y.to(result.dtype)).MoveToOuterDisposeScope();
     }
 
