@@ -261,9 +261,3 @@ public sealed class DoraLinearTests
     }
 }
 
-/// <summary>Tests that replay torch's global generator (manual_seed, then dropout) run alone, not beside other classes drawing from it.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class GlobalRngCollection
-{
-    public const string Name = "global torch RNG";
-}
