@@ -25,6 +25,10 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
     /// <summary>DoRA with LoRA's exact options (same r, alpha, dropout, targets): only the method name differs.</summary>
     static readonly Dictionary<string, string?> Dora = new(Lora) { ["method:name"] = "dora" };
 
+    /// <summary>QLoRA: the nf4 quantizer (block 64, double quantization) under LoRA's options; QLoRA+DoRA the same under DoRA's.</summary>
+    static readonly Dictionary<string, string?> QLora = new(Lora) { ["quantization:name"] = "nf4" };
+    static readonly Dictionary<string, string?> QLoraDora = new(Dora) { ["quantization:name"] = "nf4" };
+
     public static readonly IReadOnlyList<Variant> All =
     [
         new("full", "full fine-tuning (every parameter, AdamW)", Full, false),
@@ -32,10 +36,12 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("full-ac", "full fine-tuning + activation checkpointing", Full, true),
         new("lora-ac", "LoRA + activation checkpointing", Lora, true),
         new("dora", "DoRA r=16, alpha=32 on q,k,v,o_proj (AdamW), compared with lora", Dora, false, "lora"),
+        new("qlora", "QLoRA: nf4 base + LoRA r=16, alpha=32 on q,k,v,o_proj", QLora, false),
+        new("qlora-dora", "QLoRA+DoRA: nf4 base + DoRA (same options), compared with qlora", QLoraDora, false, "qlora"),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>
-    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null).ToList();
+    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null && !v.MethodSection.ContainsKey("quantization:name")).ToList();
 
     public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
 
