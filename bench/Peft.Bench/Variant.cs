@@ -21,19 +21,37 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
 
     static readonly Dictionary<string, string?> Full = new() { ["method:name"] = "full" };
 
+    /// <summary>
+    /// LISA (the plugin's <c>lisa</c> hook) on full fine-tuning: k of the 6 layers per interval, interval 4 so one
+    /// switch (state release and restart) falls inside the timed steps (steps 0-1 warm up, 2-7 timed, switches at 0 and 4).
+    /// </summary>
+    static Dictionary<string, string?> Lisa(int k) => new()
+    {
+        ["method:name"] = "full",
+        ["hooks:0:name"] = "lisa",
+        ["hooks:0:k"] = k.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["hooks:0:interval"] = "4",
+    };
+
     public static readonly IReadOnlyList<Variant> All =
     [
         new("full", "full fine-tuning (every parameter, AdamW)", Full, false),
         new("lora", "LoRA r=16, alpha=32 on q,k,v,o_proj (AdamW)", Lora, false),
         new("full-ac", "full fine-tuning + activation checkpointing", Full, true),
         new("lora-ac", "LoRA + activation checkpointing", Lora, true),
+        new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
+        new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
+        new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
     ];
 
     /// <summary>What runs without --variants.</summary>
-    public static IReadOnlyList<Variant> Defaults => All;
+    public static IReadOnlyList<Variant> Defaults => All.Where(v => !v.Name.StartsWith("lisa", StringComparison.Ordinal)).ToList();
 
     public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
 
     /// <summary>The variant this one is compared with (LoRA against full fine-tuning with the same checkpointing setting).</summary>
-    public Variant? Baseline => MethodSection["method:name"] == "full" ? null : All.First(v => v.MethodSection["method:name"] == "full" && v.ActivationCheckpointing == ActivationCheckpointing);
+    public Variant? Baseline => IsPlainFullFineTuning ? null : All.First(v => v.IsPlainFullFineTuning && v.ActivationCheckpointing == ActivationCheckpointing);
+
+    /// <summary>Full fine-tuning with no hook (the baseline; LISA variants are full fine-tuning plus the lisa hook).</summary>
+    bool IsPlainFullFineTuning => MethodSection["method:name"] == "full" && !MethodSection.Keys.Any(k => k.StartsWith("hooks:", StringComparison.Ordinal));
 }
