@@ -39,6 +39,18 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         return d;
     }
 
+    /// <summary>
+    /// LISA (the plugin's <c>lisa</c> hook) on full fine-tuning: k of the 6 layers per interval, interval 4 so one
+    /// switch (state release and restart) falls inside the timed steps (steps 0-1 warm up, 2-7 timed, switches at 0 and 4).
+    /// </summary>
+    static Dictionary<string, string?> Lisa(int k) => new()
+    {
+        ["method:name"] = "full",
+        ["hooks:0:name"] = "lisa",
+        ["hooks:0:k"] = k.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["hooks:0:interval"] = "4",
+    };
+
     /// <summary>DoRA with LoRA's exact options (same r, alpha, dropout, targets): only the method name differs.</summary>
     static readonly Dictionary<string, string?> Dora = new(Lora) { ["method:name"] = "dora" };
 
@@ -58,14 +70,20 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("galore", "full-weight GaLore std r=128 (AdamW elsewhere)", GaLore(), false, "full"),
         new("galore-lw", "GaLore, layer-wise updates during backward", GaLore(layerwise: true), false, "full"),
         new("galore-int8", "GaLore on an INT8 base (Q-GaLore, stochastic rounding)", GaLore(int8: true), false, "full"),
+        new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
+        new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
+        new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>
-    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null && !v.MethodSection.ContainsKey("quantization:name") && !v.MethodSection.ContainsKey("optimizer:name")).ToList();
+    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null && !v.MethodSection.ContainsKey("quantization:name") && !v.MethodSection.ContainsKey("optimizer:name") && !v.MethodSection.ContainsKey("hooks:0:name")).ToList();
 
     public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
 
     /// <summary>The variant this one is compared with (LoRA against full fine-tuning with the same checkpointing setting).</summary>
     public Variant? Baseline => BaselineName is not null ? Find(BaselineName)
-        : MethodSection["method:name"] == "full" ? null : All.First(v => v.MethodSection["method:name"] == "full" && v.ActivationCheckpointing == ActivationCheckpointing);
+        : IsPlainFullFineTuning ? null : All.First(v => v.IsPlainFullFineTuning && v.ActivationCheckpointing == ActivationCheckpointing);
+
+    /// <summary>Full fine-tuning with no hook (the baseline; LISA variants are full fine-tuning plus the lisa hook).</summary>
+    bool IsPlainFullFineTuning => MethodSection["method:name"] == "full" && !MethodSection.Keys.Any(k => k.StartsWith("hooks:", StringComparison.Ordinal));
 }
