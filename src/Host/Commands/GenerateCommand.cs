@@ -11,11 +11,11 @@ public sealed class GenerateCommand : ICliCommand
 {
     public string Name => "generate";
     public string Summary => "generate text from a model folder (greedy or temperature + top-p sampling)";
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--chat" };
 
     public string Help =>
         """
-        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat [--chat-template NAME]]
 
         Generates from an HF model folder (config.json, model.safetensors, tokenizer.model) with a KV cache.
         The sequence starts with BOS, then the prompt's tokens. stdout gets ONLY the text, as llama2.c's run
@@ -34,10 +34,15 @@ public sealed class GenerateCommand : ICliCommand
           --top-p P              nucleus sampling mass in (0, 1); 0 or 1 = full distribution (default 0.9)
           --seed S               sampler seed, a positive integer; the same seed gives the same text
                                  (default: from the clock). Same generator and sampler as llama2.c's run.c.
+          --chat                 the prompt is a user message: format it with the model's chat template
+                                 (recognised from tokenizer_config.json: Llama 3 headers or ChatML) plus the
+                                 assistant header, and print only the reply (stops at the end-of-turn token)
+          --chat-template NAME   with --chat: llama3 or chatml instead of the recognised template
 
         example:
           peft generate --model models/stories260K --temperature 0
           peft generate --model models/stories260K --prompt "Once upon a time" --temperature 1.0 --top-p 0.9 --seed 42
+          peft generate --model ~/models/Llama-3.2-1B-Instruct --chat --prompt "Name three colours." --temperature 0
         """;
 
     public int Run(CommandArgs args, CliContext context)
@@ -49,6 +54,9 @@ public sealed class GenerateCommand : ICliCommand
         double topP = args.Double("--top-p", 0.9, min: 0, max: 1);
         var seedText = args.Optional("--seed");
         var adapterDir = args.Optional("--adapter");
+        bool chat = args.Flag("--chat");
+        var chatTemplateName = args.Optional("--chat-template");
+        if (chatTemplateName is not null && !chat) throw new CliException($"{Name}: option '--chat-template' needs --chat");
         var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         ulong seed;
@@ -65,7 +73,12 @@ public sealed class GenerateCommand : ICliCommand
             var watch = Stopwatch.StartNew();
             try
             {
-                generator.Generate(prompt, options, piece =>
+                if (chat) ChatGeneration.Reply(generator, tokenizer, chatTemplateName, prompt ?? "", options, piece =>
+                {
+                    context.Out.Write(piece);
+                    context.Out.Flush();
+                });
+                else generator.Generate(prompt, options, piece =>
                 {
                     context.Out.Write(piece);
                     context.Out.Flush();

@@ -11,7 +11,7 @@ namespace Peft.Host.Data;
 /// </summary>
 public sealed class DataOptions : IValidatableOptions
 {
-    public static readonly IReadOnlyList<string> Formats = ["auto", "instruction", "text"];
+    public static readonly IReadOnlyList<string> Formats = ["auto", "instruction", "text", "chat"];
 
     /// <summary>Training data: a <c>.jsonl</c> file of instruction rows or a <c>.txt</c> file of plain text. Required.</summary>
     [ConfigurationKeyName("path")]
@@ -22,6 +22,10 @@ public sealed class DataOptions : IValidatableOptions
     public string Format { get; set; } = "auto";
 
     /// <summary>Tokens per training sequence (instruction rows are truncated to it, text is packed into it).</summary>
+    /// <summary>For format "chat": the chat template, "auto" (recognised from the model's tokenizer_config.json) or a family name (llama3, chatml).</summary>
+    [ConfigurationKeyName("chat_template")]
+    public string ChatTemplate { get; set; } = "auto";
+
     [ConfigurationKeyName("seq_len")]
     public int SeqLen { get; set; } = 512;
 

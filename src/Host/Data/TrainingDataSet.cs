@@ -66,6 +66,13 @@ public sealed class TrainingDataSet
 
     static (IReadOnlyList<TokenizedExample> Examples, string Description) LoadFile(string path, string format, ITextTokenizer tokenizer, DataOptions options)
     {
+        if (format == "chat")
+        {
+            var template = Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizer, "data:chat_template");
+            var c = ChatDataset.Load(path, tokenizer, template, options.SeqLen, options.MaxRows);
+            var droppedChats = c.DroppedRows > 0 ? $", {c.DroppedRows} dropped (no assistant token within seq_len {options.SeqLen})" : "";
+            return (c.Examples, $"{path}: {c.Rows} conversations ({template.Name} template){droppedChats}");
+        }
         if (format == "instruction")
         {
             var r = InstructionDataset.Load(path, tokenizer, options.SeqLen, options.MaxRows);

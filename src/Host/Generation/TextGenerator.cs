@@ -19,6 +19,9 @@ public sealed record GenerationOptions
 
     /// <summary>Seed of the sampler's xorshift generator (non-zero); the same seed gives the same text.</summary>
     public ulong Seed { get; init; } = 1;
+
+    /// <summary>More token ids that end generation (a chat template's end-of-turn token), besides BOS and EOS.</summary>
+    public IReadOnlyList<int> StopIds { get; init; } = [];
 }
 
 /// <summary>
@@ -62,6 +65,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
             throw new ArgumentException($"the prompt has {promptIds.Count} tokens but the model's context (max_position_embeddings) is {context}");
         var stop = new HashSet<int> { tokenizer.BosId, tokenizer.EosId };
         if (model is LlamaForCausalLM llama) stop.UnionWith(llama.Config.EosTokenIds);
+        stop.UnionWith(options.StopIds);
 
         var sampler = new TokenSampler(options.Temperature, options.TopP, options.Seed);
         var generated = new List<int>();
