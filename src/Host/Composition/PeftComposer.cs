@@ -130,6 +130,8 @@ public static class PeftComposer
 
         // 3. hooks
         var hooks = plan.Hooks.Select(h => h.Factory.Create(h.Selection.Section)).ToList();
+        // hooks may train parameters the method froze (LISA + LoRA: the sampled layers' own weights)
+        trainable = HookParameters.Union(model, trainable, adapter?.TrainableParameters ?? [], hooks);
 
         // 4. model preparation: storage dtype of the frozen weights, activation checkpointing
         var training = OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));

@@ -15,7 +15,8 @@ namespace Peft.Host.Optimization;
 ///   p   ← p − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε)     ε outside the square root
 /// </code>
 /// State (m, v shaped like p, and the step counter t) is created lazily the first time a parameter has a
-/// gradient; a parameter without a gradient is skipped and its counter does not advance.
+/// gradient; a parameter without a gradient, or that does not require grad (a hook froze it), is skipped: no decay,
+/// no update, no state, and its counter does not advance.
 /// <see cref="ReleaseState"/> forgets a parameter's state (LISA), so it restarts at t = 0 when it trains again.
 /// </summary>
 public sealed class AdamWOptimizer : IPeftOptimizer
@@ -76,7 +77,7 @@ public sealed class AdamWOptimizer : IPeftOptimizer
         {
             using var scope = torch.NewDisposeScope();
             var grad = p.grad;
-            if (grad is null) continue;
+            if (grad is null || !p.requires_grad) continue;   // frozen (e.g. by LISA): no update, no state
             var state = GetOrCreateState(name, p);
             state.Step++;
             state.StepTensor.fill_(state.Step);
