@@ -1,8 +1,8 @@
 using System.Text.RegularExpressions;
-using Peft.Host.Formats;
+using Peft.Host.Cli;
 using static Peft.Host.Formats.FolderPaths;
 
-namespace Peft.Host.Cli;
+namespace Peft.Host.Commands;
 
 /// <summary>
 /// What a command may do to the folder it writes (<c>--out</c>, <c>output:dir</c>), checked before any work:
