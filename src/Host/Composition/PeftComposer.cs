@@ -138,7 +138,7 @@ public static class PeftComposer
         ModelPreparation.Apply(model, trainable, training);
 
         // 5. optimizer strategy over the trainable parameters
-        var optimizer = plan.OptimizerStrategy.Create(trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
+        var optimizer = plan.OptimizerStrategy.Create(model, trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
 
         return new ComposedRun(adapter, plan.MethodName, plan.Quantization?.Name, trainable, optimizer, hooks);
     }

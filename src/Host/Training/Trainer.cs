@@ -107,6 +107,8 @@ public static class Trainer
                 context.Step = step;
                 foreach (var hook in run.Hooks) hook.OnStepStart(context);
                 double lr = schedule.LearningRate(step);
+                if (run.Optimizer is Abstractions.Optimization.IBackwardStepOptimizer layerwise)
+                    layerwise.BeginStep(new Abstractions.Optimization.BackwardStepInfo(lr, o.GradientAccumulationSteps, o.MaxGradNorm));
 
                 var micro = new List<CollatedBatch>(o.GradientAccumulationSteps);
                 for (int a = 0; a < o.GradientAccumulationSteps; a++)
