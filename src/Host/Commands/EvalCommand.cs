@@ -52,6 +52,8 @@ public sealed class EvalCommand : ICliCommand
         using (model)
         {
             var result = Evaluator.Evaluate(model, tokenizer, documents);
+            if (!double.IsFinite(result.Loss) && result.Tokens > 0)
+                throw new Model.NonFiniteValuesException($"{Name}: the loss is {result.Loss.ToString(CultureInfo.InvariantCulture)}: the model{(adapterDir is null ? "" : " with the adapter")} produces non-finite logits (an adapter's lora_alpha or weights out of range?)");
             var inv = CultureInfo.InvariantCulture;
             context.Out.WriteLine($"documents   {documents.Count}");
             context.Out.WriteLine($"tokens      {result.Tokens}");

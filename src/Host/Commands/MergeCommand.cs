@@ -41,9 +41,15 @@ public sealed class MergeCommand : ICliCommand
         using (model)
         {
             var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
+            ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, model, catalog);
             using (catalog)
             {
-                adapter.MergeAndUnload(safe: true);
+                // the safe merge refuses non-finite merged weights (an absurd lora_alpha): the same one-line error
+                try { adapter.MergeAndUnload(safe: true); }
+                catch (InvalidOperationException e) when (e.Message.Contains("non-finite", StringComparison.Ordinal))
+                {
+                    throw new NonFiniteValuesException($"{Name}: {e.Message}");
+                }
                 HfModelFolder.Save(model, outDir, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
             }
         }

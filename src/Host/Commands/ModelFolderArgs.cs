@@ -20,6 +20,11 @@ internal static class ModelFolderArgs
             model.Dispose();
             throw new CliException($"{verb}: {tokenizerPath} has {tokenizer.VocabSize} tokens but config.json has vocab_size {model.Config.VocabSize}");
         }
+        if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
+        {
+            model.Dispose();
+            throw new NonFiniteValuesException($"{verb}: the model folder '{dir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+        }
         return (model, tokenizer);
     }
 
@@ -35,6 +40,7 @@ internal static class ModelFolderArgs
         try
         {
             var (catalog, _) = AdapterAttachment.Attach(verb, adapterDir, model, context, plugins);
+            RefuseNonFiniteAdapter(verb, adapterDir, model, catalog);
             return (model, tokenizer, catalog);
         }
         catch
@@ -42,5 +48,14 @@ internal static class ModelFolderArgs
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>After attaching an adapter: its tensors (the parameters the base model did not have) must be finite.</summary>
+    public static void RefuseNonFiniteAdapter(string verb, string adapterDir, LlamaForCausalLM model, IDisposable catalog)
+    {
+        var bad = NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter)));
+        if (bad is null) return;
+        catalog.Dispose();
+        throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
     }
 }

@@ -97,7 +97,10 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
         using var scope = torch.NewDisposeScope();
         var input = torch.tensor(ids, ScalarType.Int64, model.Device).unsqueeze(0); // (1, T)
         var logits = model.Forward(input, cache);                                    // (1, T, V)
-        return logits[0, -1].cpu().data<float>().ToArray();
+        var last = logits[0, -1].cpu().data<float>().ToArray();
+        if (!Array.TrueForAll(last, float.IsFinite))
+            throw new NonFiniteValuesException($"the model's output (logits) after {cache.Length} tokens holds NaN or infinity: the model or its adapter produces non-finite values (an adapter's lora_alpha or weights out of range?)");
+        return last;
     }
 }
 
