@@ -19,7 +19,7 @@ public static class OutputFolderGuard
 {
     /// <summary>The files an HF model folder written by <c>import-llama2c</c>, <c>merge</c> or full fine-tuning holds.</summary>
     public static readonly Regex HfModelFolderEntry = new(
-        @"^(config\.json|generation_config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|tokenizer\.model)$",
+        @"^(config\.json|generation_config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|tokenizer\.model|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json)$",
         RegexOptions.CultureInvariant);
 
     /// <summary>
@@ -63,6 +63,6 @@ public static class OutputFolderGuard
     {
         RefuseInputOverlap(verb, option, target, inputs);
         RefuseForeignContent(verb, option, target, overwrite, e => e is FileInfo && HfModelFolderEntry.IsMatch(e.Name),
-            "config.json, model*.safetensors, tokenizer.model");
+            "config.json, model*.safetensors, tokenizer files");
     }
 }
