@@ -50,7 +50,7 @@ public static class CommandLine
     }
 
     public static string Usage() =>
-        "peft: parameter-efficient fine-tuning of Llama-family models (LoRA, DoRA, QLoRA, GaLore, LISA)\n\n" +
+        "peft: parameter-efficient fine-tuning of Llama-family models (the methods loaded: peft plugins)\n\n" +
         "usage: peft <command> [options]      peft <command> --help\n\ncommands:\n" +
         string.Join("\n", Commands.Select(c => $"  {c.Name,-16} {c.Summary}"));
 }

@@ -90,7 +90,7 @@ public sealed class TrainCommand : ICliCommand
             using var optimizer = composed.Optimizer;
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
             ITrainingOutput output = composed.Adapter is not null
-                ? new AdapterOutput(composed.Adapter, Path.GetFullPath(modelDir))
+                ? new AdapterOutput(composed.Adapter, modelDir) // as given, like PEFT (not this machine's absolute path)
                 : new HfModelOutput(model, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
 
             context.Out.WriteLine($"method {composed.MethodName}" +
