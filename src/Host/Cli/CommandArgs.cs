@@ -11,6 +11,7 @@ public sealed class CommandArgs
 {
     readonly List<(string Name, string? Value)> _items = new();
     readonly HashSet<string> _used = new(StringComparer.Ordinal);
+    readonly HashSet<string> _missingValue = new(StringComparer.Ordinal); // "--x" last, or followed by another option
     readonly string _verb;
 
     public CommandArgs(string verb, IReadOnlyList<string> args, IReadOnlySet<string> flagNames)
@@ -24,7 +25,13 @@ public sealed class CommandArgs
             var eq = a.IndexOf('=');
             if (eq > 0) { _items.Add((a[..eq], a[(eq + 1)..])); continue; }
             if (flagNames.Contains(a)) { _items.Add((a, null)); continue; }
-            if (i + 1 >= args.Count) throw new CliException($"{verb}: option '{a}' needs a value");
+            if (i + 1 >= args.Count || (args[i + 1].StartsWith("--", StringComparison.Ordinal) && args[i + 1].Length > 2))
+            {
+                // a known option without its value, or a misspelled flag: decided when the command reads its options
+                _missingValue.Add(a);
+                _items.Add((a, null));
+                continue;
+            }
             _items.Add((a, args[++i]));
         }
     }
@@ -34,6 +41,7 @@ public sealed class CommandArgs
     public string? Optional(string name)
     {
         _used.Add(name);
+        if (_missingValue.Contains(name)) throw new CliException($"{_verb}: option '{name}' needs a value");
         string? value = null;
         int count = 0;
         foreach (var (n, v) in _items)
@@ -48,8 +56,25 @@ public sealed class CommandArgs
         return _items.Where(x => x.Name == name).Select(x => x.Value ?? "").ToList();
     }
 
-    public string Required(string name) =>
-        Optional(name) ?? throw new CliException($"{_verb}: missing required option '{name}' (see 'peft {_verb} --help')");
+    public string Required(string name)
+    {
+        if (Optional(name) is { } value) return value;
+        // "--modle x" is a typo of "--model", not a missing --model
+        var typo = _items.Select(x => x.Name).FirstOrDefault(n => !_used.Contains(n) && n.Length > 2 && name.Length > 2 && Distance(n[2..], name[2..]) <= 2);
+        if (typo is not null) throw new CliException($"{_verb}: unknown option '{typo}' (did you mean '{name}'? see 'peft {_verb} --help')");
+        throw new CliException($"{_verb}: missing required option '{name}' (see 'peft {_verb} --help')");
+    }
+
+    static int Distance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
+        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
+        for (int i = 1; i <= a.Length; i++)
+            for (int j = 1; j <= b.Length; j++)
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+        return d[a.Length, b.Length];
+    }
 
     public bool Flag(string name)
     {
@@ -91,6 +116,9 @@ public sealed class CommandArgs
     {
         foreach (var (n, _) in _items)
             if (!_used.Contains(n) && n is not "--help" and not "-h")
-                throw new CliException($"{_verb}: unknown option '{n}' (see 'peft {_verb} --help')");
+            {
+                var near = _used.Where(u => u.Length > 2 && n.Length > 2 && Distance(n[2..], u[2..]) <= 2).Order(StringComparer.Ordinal).FirstOrDefault();
+                throw new CliException($"{_verb}: unknown option '{n}' ({(near is null ? "" : $"did you mean '{near}'? ")}see 'peft {_verb} --help')");
+            }
     }
 }

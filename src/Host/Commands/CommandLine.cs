@@ -42,7 +42,7 @@ public static class CommandLine
             }
             return command.Run(args, context);
         }
-        catch (Exception e) when (e is CliException or PeftFormatException or PeftConfigurationException or PeftDataException or Plugins.PluginLoadException or Training.TrainingException)
+        catch (Exception e) when (e is CliException or PeftFormatException or PeftConfigurationException or PeftDataException or Plugins.PluginLoadException or Training.TrainingException or Model.NonFiniteValuesException)
         {
             context.Error.WriteLine($"peft {verb}: error: {e.Message}");
             return 2;
@@ -50,7 +50,7 @@ public static class CommandLine
     }
 
     public static string Usage() =>
-        "peft: parameter-efficient fine-tuning of Llama-family models (LoRA, DoRA, QLoRA, GaLore, LISA)\n\n" +
+        "peft: parameter-efficient fine-tuning of Llama-family models (the methods loaded: peft plugins)\n\n" +
         "usage: peft <command> [options]      peft <command> --help\n\ncommands:\n" +
         string.Join("\n", Commands.Select(c => $"  {c.Name,-16} {c.Summary}"));
 }

@@ -18,7 +18,10 @@ public sealed class EvalCommand : ICliCommand
         usage: peft eval --model DIR [--adapter DIR [--plugins DIR]...] --data FILE [--json]
 
         Evaluates next-token prediction. Documents: in a .txt file, blocks separated by blank lines (each
-        trimmed, inner newlines kept); in a .jsonl file, the "text" field of each line. Each document is
+        trimmed, inner newlines kept), or, when the file contains <|endoftext|>, the parts between those
+        separators (TinyStories style; the separator is not scored); in a .jsonl file, the "text" field of each
+        line. A .jsonl of instruction rows ("instruction", "input", "output", as train reads them) is scored as
+        training scores it: the Alpaca prompt is context, the loss covers the response tokens and EOS. Each document is
         tokenized as BOS + tokens (no EOS). loss = mean negative log-likelihood (nats) over every predicted token
         of every document (token-weighted); perplexity = exp(loss); tokens = number of predicted tokens.
         A document longer than the context (max_position_embeddings) is cut into windows; each window after the
@@ -45,13 +48,18 @@ public sealed class EvalCommand : ICliCommand
         var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         if (!File.Exists(data)) throw new CliException($"{Name}: option '--data': file '{data}' not found");
-        var documents = EvalDocuments.Read(data);
+        bool instructions = EvalDocuments.IsInstructionFile(data);
+        var documents = instructions ? [] : EvalDocuments.Read(data);
 
         var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
         using (plugins)
         using (model)
         {
-            var result = Evaluator.Evaluate(model, tokenizer, documents);
+            int rows = 0;
+            var result = instructions ? EvaluateInstructions(model, tokenizer, data, out rows) : Evaluator.Evaluate(model, tokenizer, documents);
+            if (instructions) documents = new string[rows];
+            if (!double.IsFinite(result.Loss) && result.Tokens > 0)
+                throw new Model.NonFiniteValuesException($"{Name}: the loss is {result.Loss.ToString(CultureInfo.InvariantCulture)}: the model{(adapterDir is null ? "" : " with the adapter")} produces non-finite logits (an adapter's lora_alpha or weights out of range?)");
             var inv = CultureInfo.InvariantCulture;
             context.Out.WriteLine($"documents   {documents.Count}");
             context.Out.WriteLine($"tokens      {result.Tokens}");
@@ -64,5 +72,17 @@ public sealed class EvalCommand : ICliCommand
             }
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Instruction rows scored as training scores them: the Alpaca prompt is context, the loss is the token-weighted
+    /// mean over the response tokens and EOS (the held-out loss <c>peft train</c> prints, on another file).
+    /// </summary>
+    static EvalResult EvaluateInstructions(Model.LlamaForCausalLM model, Tokenization.ITextTokenizer tokenizer, string path, out int rows)
+    {
+        var loaded = Data.InstructionDataset.Load(path, tokenizer, model.Config.MaxPositionEmbeddings);
+        rows = loaded.Examples.Count;
+        var (loss, tokens) = Training.Trainer.Evaluate(model, loaded.Examples, batchSize: 8, maxBatches: 0, padId: tokenizer.EosId);
+        return new EvalResult(loss, Math.Exp(loss), tokens);
     }
 }

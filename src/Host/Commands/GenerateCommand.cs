@@ -90,7 +90,9 @@ public sealed class GenerateCommand : ICliCommand
             }
             context.Out.Write('\n');
             context.Out.Flush();
-            context.Error.WriteLine($"generate: {watch.Elapsed.TotalSeconds:F2} s");
+            var seconds = watch.Elapsed.TotalSeconds;
+            context.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"generate: {generator.GeneratedTokens} tokens in {seconds:F2} s ({generator.GeneratedTokens / Math.Max(seconds, 1e-9):F1} tokens/s)"));
         }
         return 0;
     }

@@ -9,10 +9,10 @@ public sealed class MergeCommand : ICliCommand
 {
     public string Name => "merge";
     public string Summary => "fold an adapter into the base model and write a full HF model folder";
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--overwrite" };
 
     public string Help =>
-        "usage: peft merge --model DIR --adapter DIR --out DIR [--plugins DIR]...\n\n" +
+        "usage: peft merge --model DIR --adapter DIR --out DIR [--overwrite] [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
         "model.safetensors in the base model's dtype, the tokenizer files) that transformers and 'peft eval' load.\n" +
@@ -20,7 +20,9 @@ public sealed class MergeCommand : ICliCommand
         "options:\n" +
         "  --model DIR    the base HF model folder the adapter was trained on\n" +
         AdapterAttachment.Help + "\n" +
-        "  --out DIR      the merged model folder to write (replaced if it exists)\n" +
+        "  --out DIR      the merged model folder to write (written under a temporary name, then renamed; an existing\n" +
+        "                 one is replaced only if it holds nothing but a model folder's files; never an input folder)\n" +
+        "  --overwrite    replace --out even if it holds files merge did not write\n" +
         "  --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable)\n\n" +
         "example:\n" +
         "  peft merge --model out/models/stories260K --adapter out/quickstart/adapter --out out/merged";
@@ -31,17 +33,23 @@ public sealed class MergeCommand : ICliCommand
         var adapterDir = args.Required("--adapter");
         var outDir = args.Required("--out");
         var pluginConfig = HostConfiguration.LoadPlugins(args);
+        var overwrite = args.Flag("--overwrite");
         args.ThrowOnUnused();
-        if (Path.GetFullPath(outDir).TrimEnd('/') == Path.GetFullPath(modelDir).TrimEnd('/'))
-            throw new CliException($"{Name}: option '--out': '{outDir}' is the base model folder; write the merged model elsewhere");
+        OutputFolderGuard.CheckModelFolderTarget(Name, "--out", outDir, overwrite, ("--model", modelDir), ("--adapter", adapterDir));
 
         var (model, _) = ModelFolderArgs.Open(Name, modelDir);
         using (model)
         {
             var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
+            ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, model, catalog);
             using (catalog)
             {
-                adapter.MergeAndUnload(safe: true);
+                // the safe merge refuses non-finite merged weights (an absurd lora_alpha): the same one-line error
+                try { adapter.MergeAndUnload(safe: true); }
+                catch (InvalidOperationException e) when (e.Message.Contains("non-finite", StringComparison.Ordinal))
+                {
+                    throw new NonFiniteValuesException($"{Name}: {e.Message}");
+                }
                 HfModelFolder.Save(model, outDir, tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(modelDir));
             }
         }

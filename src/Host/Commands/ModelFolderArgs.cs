@@ -18,6 +18,11 @@ internal static class ModelFolderArgs
         if (tokenizer.VocabSize > config.VocabSize)
             throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
         var model = HfModelFolder.Load(dir);
+        if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
+        {
+            model.Dispose();
+            throw new NonFiniteValuesException($"{verb}: the model folder '{dir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+        }
         return (model, tokenizer);
     }
 
@@ -33,6 +38,7 @@ internal static class ModelFolderArgs
         try
         {
             var (catalog, _) = AdapterAttachment.Attach(verb, adapterDir, model, context, plugins);
+            RefuseNonFiniteAdapter(verb, adapterDir, model, catalog);
             return (model, tokenizer, catalog);
         }
         catch
@@ -40,5 +46,14 @@ internal static class ModelFolderArgs
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>After attaching an adapter: its tensors (the parameters the base model did not have) must be finite.</summary>
+    public static void RefuseNonFiniteAdapter(string verb, string adapterDir, LlamaForCausalLM model, IDisposable catalog)
+    {
+        var bad = NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter)));
+        if (bad is null) return;
+        catalog.Dispose();
+        throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
     }
 }

@@ -16,10 +16,10 @@ public sealed class TrainCommand : ICliCommand
 {
     public string Name => "train";
     public string Summary => "fine-tune a model with a method (or a combination) from a JSON configuration";
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--overwrite" };
 
     public string Help =>
-        "usage: peft train --config FILE [--set SECTION:KEY=VALUE]... [--plugins DIR]... [--resume DIR|latest]\n\n" +
+        "usage: peft train --config FILE [--set SECTION:KEY=VALUE]... [--plugins DIR]... [--resume DIR|latest] [--overwrite]\n\n" +
         "Sections of the JSON file (snake_case keys):\n" +
         "  model         path (HF folder), import_llama2c { checkpoint, tokenizer } to create it first\n" +
         "  method        name (lora, dora... see 'peft plugins'; \"full\" or absent: full fine-tuning) + its options\n" +
@@ -38,7 +38,11 @@ public sealed class TrainCommand : ICliCommand
         "                weights, e.g. lisa with lora, adds model/ with the trained base next to adapter/)\n\n" +
         "options:\n" +
         HostConfiguration.OptionsHelp + "\n" +
-        "  --resume DIR|latest        continue from a checkpoint folder, or the newest in output:dir/checkpoints\n\n" +
+        "  --resume DIR|latest        continue from a checkpoint folder, or the newest in output:dir/checkpoints;\n" +
+        "                             a finished run stays finished unless training:max_steps was raised\n" +
+        "  --overwrite                start a new run in an output:dir that holds an earlier run (removes only the\n" +
+        "                             files peft train writes there)\n" +
+        "One run at a time per output:dir (a lock file). SIGINT and SIGTERM save a checkpoint, then exit 130 / 143.\n\n" +
         "example:\n" +
         "  peft train --config examples/quickstart.json --set training:max_steps=50";
 
@@ -46,6 +50,7 @@ public sealed class TrainCommand : ICliCommand
     {
         var root = HostConfiguration.Load(args);
         var resume = args.Optional("--resume");
+        var overwrite = args.Flag("--overwrite");
         args.ThrowOnUnused();
 
         var modelOptions = ModelOptions.From(root);
@@ -60,6 +65,17 @@ public sealed class TrainCommand : ICliCommand
         var plan = PeftComposer.Plan(catalog, root);
 
         var modelDir = modelOptions.Path!;
+        // before any work: one run per output folder, and what the folder already holds (see RunFolderPreflight)
+        using var runLock = RunLock.Acquire(outputDir);
+        if (runLock.StaleNote is not null) context.Error.WriteLine(runLock.StaleNote);
+        var decision = RunFolderPreflight.Check(root, cfg.Training, outputDir, modelDir, overwrite);
+        if (decision.CompleteMessage is not null)
+        {
+            context.Out.WriteLine(decision.CompleteMessage);
+            return 0;
+        }
+        using var signals = new StopSignals();
+
         if (!Directory.Exists(modelDir))
         {
             var import = modelOptions.ImportLlama2c!;
@@ -88,10 +104,6 @@ public sealed class TrainCommand : ICliCommand
                 context.Out.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"step 0: eval loss {before:0.0000} over {tokens} tokens (before training)"));
             }
 
-            using var cancel = new CancellationTokenSource();
-            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
-            Console.CancelKeyPress += onCancel;
-            try
             {
                 var result = Trainer.Run(new TrainingRun
                 {
@@ -104,14 +116,11 @@ public sealed class TrainCommand : ICliCommand
                     OutputDirectory = outputDir,
                     Output = output,
                     Progress = ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
-                }, cancel.Token);
+                }, signals.Token);
                 if (!result.Interrupted)
                     context.Out.WriteLine($"{outputs} in {outputDir}");
-                return result.Interrupted ? 130 : 0;
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
+                if (result.Interrupted) context.Error.WriteLine($"peft train: stopped by {signals.SignalName} after step {result.FinalStep}; exit code {signals.ExitCode}");
+                return result.Interrupted ? signals.ExitCode : 0;
             }
         }
     }

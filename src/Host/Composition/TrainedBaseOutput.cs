@@ -30,7 +30,7 @@ public sealed class TrainedBaseOutput(LlamaForCausalLM model, IAdapter adapter, 
         adapter.Enabled = false;
         try { HfModelFolder.Save(model, modelDir, tokenizerPath); }
         finally { adapter.Enabled = enabled; }
-        PeftAdapterFolder.Save(adapter, Path.Combine(directory, AdapterOutput.Folder), Path.GetFullPath(modelDir));
+        PeftAdapterFolder.Save(adapter, Path.Combine(directory, AdapterOutput.Folder), modelDir /* as given, like PEFT */);
     }
 
     /// <summary>
@@ -43,7 +43,7 @@ public sealed class TrainedBaseOutput(LlamaForCausalLM model, IAdapter adapter, 
         var tokenizer = Path.Combine(modelDir, HfModelFolder.TokenizerFile);
         if (composed.Adapter is not { } adapter) return (new HfModelOutput(model, tokenizer), $"model: {HfModelOutput.Folder}/");
         bool baseTrained = composed.TrainableParameters.Count > adapter.TrainableParameters.Count;
-        if (!baseTrained && !merge) return (new AdapterOutput(adapter, Path.GetFullPath(modelDir)), $"adapter: {AdapterOutput.Folder}/");
+        if (!baseTrained && !merge) return (new AdapterOutput(adapter, modelDir /* as given, like PEFT */), $"adapter: {AdapterOutput.Folder}/");
         return (new TrainedBaseOutput(model, adapter, tokenizer, merge),
             merge ? $"model (adapter merged): {HfModelOutput.Folder}/" : $"model (trained base): {HfModelOutput.Folder}/, adapter: {AdapterOutput.Folder}/");
     }

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.Configuration.EnvironmentVariables;
 using Microsoft.Extensions.Configuration.Json;
 using Microsoft.Extensions.Configuration.Memory;
 using Peft.Abstractions;
@@ -13,11 +12,13 @@ namespace Peft.Host.Configuration;
 /// Builds the host's configuration from three layers, later ones winning:
 /// <list type="number">
 /// <item>a JSON file (<c>--config run.json</c>), keys in snake_case: <c>{ "training": { "learning_rate": 2e-4 } }</c>;</item>
-/// <item>environment variables starting with <c>PEFT_</c>, <c>__</c> separating sections:
-///   <c>PEFT_training__learning_rate=1e-4</c> (every <c>PEFT_</c> variable is configuration);</item>
+/// <item>environment variables <c>PEFT_</c> + a known section, <c>__</c> separating keys:
+///   <c>PEFT_training__learning_rate=1e-4</c> (other <c>PEFT_*</c> variables, like <c>PEFT_HOME</c>, are ignored);</item>
 /// <item><c>--set section:key=value</c> options, repeatable (<c>--set hooks:0:name=lisa</c>; the last of two
 ///   <c>--set</c> for one key wins).</item>
 /// </list>
+/// A layer that gives a list replaces the list below it (<c>--set method:target_modules=[q_proj,v_proj]</c>, or
+/// <c>q_proj,v_proj</c>), and changing a component's <c>name</c> replaces its section (see <see cref="ConfigurationLayers"/>).
 /// Then it checks the top level against <see cref="ConfigSections"/> and validates the sections that have an
 /// options class. A missing or unreadable file, or a malformed <c>--set</c>, is a <see cref="CliException"/>
 /// naming it; a wrong key or value is a <see cref="PeftConfigurationException"/> naming key and value.
@@ -37,7 +38,9 @@ public static class HostConfiguration
     /// <summary>Help text for the options every configuration-reading verb accepts.</summary>
     public const string OptionsHelp =
         "  --config FILE              JSON configuration file (snake_case keys)\n" +
-        "  --set SECTION:KEY=VALUE    override one key (repeatable; wins over the file and PEFT_* environment variables)\n" +
+        "  --set SECTION:KEY=VALUE    override one key (repeatable; wins over the file and PEFT_<section>__<key> variables);\n" +
+        "                             a list replaces the whole list: --set method:target_modules=[q_proj,v_proj];\n" +
+        "                             a new method:name drops the file's options of the old method\n" +
         PluginsHelp;
 
     /// <summary>Read <c>--config</c>, every <c>--set</c> and every <c>--plugins</c> from the verb's options and load.</summary>
@@ -62,7 +65,7 @@ public static class HostConfiguration
                 throw new CliException($"configuration file '{configFile}' does not exist" + (Directory.Exists(fullPath) ? " (it is a folder)" : ""));
             builder.AddJsonFile(fullPath, optional: false, reloadOnChange: false);
         }
-        if (includeEnvironment) builder.AddEnvironmentVariables(EnvironmentPrefix);
+        if (includeEnvironment) builder.Add(new ConfigurationLayers.EnvironmentSource(EnvironmentPrefix));
         builder.AddInMemoryCollection(ParseOverrides(overrides));
 
         IConfigurationRoot root;
@@ -80,6 +83,7 @@ public static class HostConfiguration
             var reason = string.Join(": ", chain);
             throw new CliException($"configuration file '{configFile}' is not a valid JSON configuration: {reason}");
         }
+        root = ConfigurationLayers.Resolve(root, EnvironmentPrefix, SetOption);
         var extra = (pluginDirectories ?? []).ToList();
         if (extra.Count > 0)
         {
@@ -88,9 +92,8 @@ public static class HostConfiguration
                     throw new CliException($"option '{PluginsOption}': '{dir}' is not a folder" +
                                            (File.Exists(dir) ? " (it is a file; give the folder that holds the plugin's .dll and .deps.json)" : ""));
             int first = root.GetSection(PluginsOptions.Section + ":directories").GetChildren().Count();
-            builder.AddInMemoryCollection(extra.Select((dir, i) =>
-                new KeyValuePair<string, string?>($"{PluginsOptions.Section}:directories:{first + i}", dir)));
-            root = builder.Build();
+            root = ConfigurationLayers.Append(root, extra.Select((dir, i) =>
+                new KeyValuePair<string, string?>($"{PluginsOptions.Section}:directories:{first + i}", dir)), $"{PluginsOption} ...");
         }
         Validate(root);
         return root;
@@ -130,6 +133,7 @@ public static class HostConfiguration
                 throw new PeftConfigurationException(child.Key, child.Value,
                     $"'{section.Name}' is a section and needs keys (e.g. {section.Name}:KEY=VALUE), not a single value (set by {SourceOf(root, child.Key)})");
         }
+        ConfigurationLayers.RefuseDuplicateListEntries(root);
         foreach (var section in ConfigSections.Known)
             if (section.Validate is not null && root.GetSection(section.Name).Exists())
                 section.Validate(root);
@@ -143,8 +147,9 @@ public static class HostConfiguration
             if (!provider.GetChildKeys(Array.Empty<string>(), null).Contains(topLevelKey, StringComparer.OrdinalIgnoreCase)) continue;
             return provider switch
             {
+                ConfigurationLayers.LayerProvider layer => layer.Describe(topLevelKey),
                 JsonConfigurationProvider json => $"configuration file '{json.Source.FileProvider?.GetFileInfo(json.Source.Path ?? "").PhysicalPath ?? json.Source.Path}'",
-                EnvironmentVariablesConfigurationProvider => $"an environment variable {EnvironmentPrefix}{topLevelKey}...",
+                ConfigurationLayers.EnvironmentProvider => $"an environment variable {EnvironmentPrefix}{topLevelKey}...",
                 MemoryConfigurationProvider => $"{SetOption} {topLevelKey}...",
                 _ => provider.ToString() ?? "?",
             };

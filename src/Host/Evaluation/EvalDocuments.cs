@@ -8,7 +8,9 @@ namespace Peft.Host.Evaluation;
 /// Reads the documents of an evaluation file.
 /// <list type="bullet">
 /// <item><c>.txt</c>: documents separated by one or more blank lines (a line holding only whitespace is blank);
-/// each document keeps its inner newlines and is trimmed of leading/trailing whitespace.</item>
+/// each document keeps its inner newlines and is trimmed of leading/trailing whitespace. A file that contains the
+/// separator <c>&lt;|endoftext|&gt;</c> (TinyStories, GPT-2 style dumps) is split on it instead, and blank lines stay
+/// inside documents; the separator itself is never scored as text.</item>
 /// <item><c>.jsonl</c>: one JSON object per line with a string field <c>text</c>; blank lines are skipped;
 /// a line that is not such an object is an error naming the file and the line number.</item>
 /// </list>
@@ -28,8 +30,13 @@ public static class EvalDocuments
         return docs;
     }
 
+    /// <summary>The document separator of TinyStories and GPT-2 style text dumps.</summary>
+    public const string EndOfText = "<|endoftext|>";
+
     public static List<string> ParseText(string text)
     {
+        if (text.Contains(EndOfText, StringComparison.Ordinal))
+            return text.ReplaceLineEndings("\n").Split(EndOfText).Select(d => d.Trim()).Where(d => d.Length > 0).ToList();
         var docs = new List<string>();
         var current = new List<string>();
         foreach (var line in text.ReplaceLineEndings("\n").Split('\n'))
@@ -50,6 +57,19 @@ public static class EvalDocuments
             docs.Add(string.Join("\n", current).Trim());
             current.Clear();
         }
+    }
+
+    /// <summary>
+    /// Whether a <c>.jsonl</c> file holds instruction rows (its first object has an <c>instruction</c> field), the
+    /// format <c>train</c> reads with <c>data:format = instruction</c>.
+    /// </summary>
+    public static bool IsInstructionFile(string path)
+    {
+        if (!Path.GetExtension(path).Equals(".jsonl", StringComparison.OrdinalIgnoreCase)) return false;
+        var first = File.ReadLines(path).FirstOrDefault(l => !string.IsNullOrWhiteSpace(l));
+        if (first is null) return false;
+        try { return JsonNode.Parse(first) is JsonObject o && o.ContainsKey("instruction"); }
+        catch (JsonException) { return false; }
     }
 
     static List<string> ParseJsonl(string path, string[] lines)

@@ -37,13 +37,16 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
     /// the prompt followed by the continuation. <paramref name="onText"/> receives it piece by piece as it is
     /// produced (the pieces concatenate to the returned text).
     /// </summary>
+    /// <summary>How many new tokens the last <see cref="Generate"/> call produced (for the tokens/s summary).</summary>
+    public int GeneratedTokens { get; private set; }
+
     public string Generate(string? prompt, GenerationOptions options, Action<string>? onText = null)
     {
         var promptIds = new List<int> { tokenizer.BosId };
         if (!string.IsNullOrEmpty(prompt)) promptIds.AddRange(tokenizer.Encode(prompt));
         var decoder = new IncrementalDecoder(tokenizer);
         foreach (var id in promptIds.Skip(1)) Emit(decoder.Add(id));
-        GenerateIds(promptIds, options, id => Emit(decoder.Add(id)));
+        GeneratedTokens = GenerateIds(promptIds, options, id => Emit(decoder.Add(id))).Count;
         Emit(decoder.Flush());
         return decoder.Text;
 
@@ -101,7 +104,10 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
         using var scope = torch.NewDisposeScope();
         var input = torch.tensor(ids, ScalarType.Int64, model.Device).unsqueeze(0); // (1, T)
         var logits = model.Forward(input, cache);                                    // (1, T, V)
-        return logits[0, -1].cpu().data<float>().ToArray();
+        var last = logits[0, -1].cpu().data<float>().ToArray();
+        if (!Array.TrueForAll(last, float.IsFinite))
+            throw new NonFiniteValuesException($"the model's output (logits) after {cache.Length} tokens holds NaN or infinity: the model or its adapter produces non-finite values (an adapter's lora_alpha or weights out of range?)");
+        return last;
     }
 }
 

@@ -117,9 +117,29 @@ public static class CheckpointStore
             var state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path)) ?? throw new JsonException("empty document");
             if (state.Version != TrainerState.CurrentVersion)
                 throw new PeftFormatException($"{path}: trainer state version {state.Version} is not supported (expected {TrainerState.CurrentVersion})");
+            Check(path, state);
             return state;
         }
         catch (JsonException e) { throw new PeftFormatException($"{path}: not a valid trainer state ({e.Message})"); }
+    }
+
+    /// <summary>A state whose numbers cannot come from a run (a corrupt or hand-edited file) is refused naming the field.</summary>
+    static void Check(string path, TrainerState s)
+    {
+        static string V(double v) => v.ToString(CultureInfo.InvariantCulture);
+        (string Field, string Value)? bad =
+            s.GlobalStep < 0 ? ("global_step", V(s.GlobalStep)) :
+            s.TotalSteps < 0 ? ("total_steps", V(s.TotalSteps)) :
+            s.SchedulerStep < 0 ? ("scheduler_step", V(s.SchedulerStep)) :
+            s.DataEpoch < 0 ? ("data_epoch", V(s.DataEpoch)) :
+            s.DataIndex < 0 ? ("data_index", V(s.DataIndex)) :
+            s.TrainExamples < 0 ? ("train_examples", V(s.TrainExamples)) :
+            s.BatchSize < 1 ? ("batch_size", V(s.BatchSize)) :
+            s.GradientAccumulationSteps < 1 ? ("gradient_accumulation_steps", V(s.GradientAccumulationSteps)) :
+            !(s.ElapsedSeconds >= 0 && double.IsFinite(s.ElapsedSeconds)) ? ("elapsed_s", V(s.ElapsedSeconds)) :
+            s.Loss is { } l && !double.IsFinite(l) ? ("loss", V(l)) :
+            null;
+        if (bad is { } b) throw new PeftFormatException($"{path}: {b.Field} = {b.Value} is not a valid value (a corrupt checkpoint?)");
     }
 
     /// <summary>Delete all but the newest <paramref name="keepLast"/> checkpoints (0 = keep all).</summary>

@@ -27,7 +27,7 @@ public sealed class TrainingOptions : IValidatableOptions
     /// <summary>Micro-batches per optimizer step; the loss is averaged over all counted tokens of the step.</summary>
     [ConfigurationKeyName("gradient_accumulation_steps")] public int GradientAccumulationSteps { get; set; } = 1;
 
-    /// <summary>Optimizer steps to run; -1 (or 0) = derive from <see cref="Epochs"/>. When positive it wins over epochs (as HF).</summary>
+    /// <summary>Optimizer steps to run; -1 = derive from <see cref="Epochs"/> (0 is refused: it would silently mean epochs). When positive it wins over epochs (as HF).</summary>
     [ConfigurationKeyName("max_steps")] public int MaxSteps { get; set; } = -1;
 
     /// <summary>Passes over the training examples when max_steps is not set (may be fractional).</summary>
@@ -83,7 +83,7 @@ public sealed class TrainingOptions : IValidatableOptions
     {
         if (BatchSize < 1) yield return ("batch_size", BatchSize, "must be at least 1");
         if (GradientAccumulationSteps < 1) yield return ("gradient_accumulation_steps", GradientAccumulationSteps, "must be at least 1");
-        if (MaxSteps < -1) yield return ("max_steps", MaxSteps, "must be a positive number of steps, or -1 to use epochs");
+        if (MaxSteps < -1 || MaxSteps == 0) yield return ("max_steps", MaxSteps, "must be a positive number of steps, or -1 (or left out) to train for training:epochs");
         if (MaxSteps <= 0 && !(Epochs > 0 && double.IsFinite(Epochs))) yield return ("epochs", Epochs, "must be positive when max_steps is not set");
         if (!(LearningRate >= 0 && double.IsFinite(LearningRate))) yield return ("learning_rate", LearningRate, "must be a finite number >= 0");
         if (!(WeightDecay >= 0 && double.IsFinite(WeightDecay))) yield return ("weight_decay", WeightDecay, "must be a finite number >= 0");

@@ -39,22 +39,20 @@ public sealed class HostConfigurationTests : IDisposable
     }
 
     [Fact]
-    public void Json_then_environment_then_set_each_override_the_previous()
+    public void Json_then_environment_then_set_each_override_the_previous_and_a_list_replaces_the_list_below()
     {
-        var file = Json("""{ "plugins": { "directories": [ "json-0", "json-1", "json-2" ] } }""");
+        var file = Json("""{ "plugins": { "directories": [ "json-0", "json-1", "json-2" ] }, "training": { "seed": 1, "batch_size": 2 } }""");
+        Env("PEFT_plugins__directories__0", "env-0");
         Env("PEFT_plugins__directories__1", "env-1");
-        Env("PEFT_plugins__directories__2", "env-2");
-        var sets = new[] { "plugins:directories:2=set-2" };
+        Env("PEFT_training__seed", "2");
+        var sets = new[] { "plugins:directories=[set-0]", "training:batch_size=3" };
 
         var all = HostConfiguration.Load(file, sets);
-        all["plugins:directories:0"].Should().Be("json-0");
-        all["plugins:directories:1"].Should().Be("env-1");
-        all["plugins:directories:2"].Should().Be("set-2");
-        PluginsOptions.From(all).Directories.Should().Equal("json-0", "env-1", "set-2");
+        PluginsOptions.From(all).Directories.Should().Equal(["set-0"], "--set's list replaces the environment's, which replaced the file's");
+        (all["training:seed"], all["training:batch_size"]).Should().Be(("2", "3"), "plain keys still override one by one");
 
-        HostConfiguration.Load(file, Array.Empty<string>())["plugins:directories:2"].Should().Be("env-2");
-        HostConfiguration.Load(file, Array.Empty<string>(), includeEnvironment: false)["plugins:directories:2"].Should().Be("json-2");
-        HostConfiguration.Load(null, sets, includeEnvironment: false).GetSection("plugins:directories").GetChildren().Select(c => c.Value).Should().Equal("set-2");
+        PluginsOptions.From(HostConfiguration.Load(file, Array.Empty<string>())).Directories.Should().Equal(["env-0", "env-1"], "not env-0, env-1, json-2");
+        PluginsOptions.From(HostConfiguration.Load(file, Array.Empty<string>(), includeEnvironment: false)).Directories.Should().Equal("json-0", "json-1", "json-2");
     }
 
     [Fact]
@@ -84,9 +82,9 @@ public sealed class HostConfigurationTests : IDisposable
         act.Should().Throw<PeftConfigurationException>().WithMessage(
             $"configuration key 'trainng': unknown top-level section (set by configuration file '{file}'; known sections: model, data, training, method, quantization, optimizer, hooks, output, plugins)");
 
-        Env("PEFT_bogus__x", "1");
+        Env("PEFT_trainng__learning_rate", "1");
         var fromEnv = () => HostConfiguration.Load(null, Array.Empty<string>());
-        fromEnv.Should().Throw<PeftConfigurationException>().WithMessage("configuration key 'bogus': unknown top-level section (set by an environment variable PEFT_bogus...*");
+        fromEnv.Should().Throw<PeftConfigurationException>().WithMessage("configuration key 'trainng': unknown top-level section (set by an environment variable PEFT_trainng...*");
 
         var fromSet = () => HostConfiguration.Load(null, new[] { "modle:path=/m" }, includeEnvironment: false);
         fromSet.Should().Throw<PeftConfigurationException>().WithMessage("configuration key 'modle': unknown top-level section (set by --set modle...*");
