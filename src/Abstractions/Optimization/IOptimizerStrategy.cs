@@ -16,6 +16,12 @@ public interface IOptimizerStrategy
     string Description { get; }
 
     IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options);
+
+    /// <summary>
+    /// For <c>peft plan</c>: the state, projection and gradient memory this strategy would hold for
+    /// <paramref name="parameters"/> (null if unknown; the planner then uses its own formula when it has one).
+    /// </summary>
+    Memory.OptimizerMemoryEstimate? EstimateMemory(IReadOnlyList<Memory.PlannedParameter> parameters, IConfiguration options) => null;
 }
 
 /// <summary>Hyper-parameters every strategy receives from the training loop.</summary>

@@ -15,6 +15,7 @@ public static class CommandLine
         new Peft.Host.Commands.PluginsCommand(),
         new Commands.TrainCommand(),
         new Commands.MergeCommand(),
+        new Commands.PlanCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)
