@@ -89,7 +89,7 @@ public static class MemoryPlanner
                 else
                 {
                     // spread evenly over the decoder layers so a hook (LISA) can restrict it
-                    trainable = Spread(estimate.TrainableParameters, shape.NumHiddenLayers, optBytes);
+                    trainable = Spread(estimate.TrainableParameters, estimate.TensorCount ?? shape.NumHiddenLayers, shape.NumHiddenLayers, optBytes);
                     if (adapterFormula is not null) notes.Add($"the {m.Name} plugin's estimate ({estimate.TrainableParameters:N0} parameters) differs from the planner's formula ({adapterFormula.Sum(p => p.Elements):N0}); the plugin's is used");
                     adapterFormula = null;
                 }
@@ -211,13 +211,16 @@ public static class MemoryPlanner
         return bySize.Take(k.Value).Select(x => x.Layer).ToHashSet();
     }
 
-    static List<PlannedParameter> Spread(long count, int layers, int elementBytes)
+    /// <summary><paramref name="tensors"/> tensors of equal size (the remainder on the first ones), assigned to layers in order.</summary>
+    static List<PlannedParameter> Spread(long count, int tensors, int layers, int elementBytes)
     {
-        var list = new List<PlannedParameter>(layers);
-        for (int l = 0; l < layers; l++)
+        tensors = Math.Max(1, tensors);
+        var list = new List<PlannedParameter>(tensors);
+        for (int j = 0; j < tensors; j++)
         {
-            long share = count / layers + (l < count % layers ? 1 : 0);
-            list.Add(new PlannedParameter($"adapter.layer{l}", [share], l, elementBytes));
+            long share = count / tensors + (j < count % tensors ? 1 : 0);
+            int layer = (int)((long)j * layers / tensors);
+            list.Add(new PlannedParameter($"adapter.{j}", [share], layer, elementBytes));
         }
         return list;
     }
