@@ -1,3 +1,4 @@
 using Peft.Host.Cli;
+using Peft.Host.Commands;
 
 return CommandLine.Run(args, new CliContext(Console.Out, Console.Error));

@@ -18,6 +18,14 @@ public interface IOptimizerStrategy
     IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options);
 
     /// <summary>
+    /// True when this strategy trains the weights of a quantized base itself (Q-GaLore: <c>quantization: int8</c> +
+    /// <c>optimizer: galore</c>, no method). Only then does the host accept a quantizer without a PEFT method; every
+    /// other strategy needs a method to wrap the quantized layers (a quantized base cannot be fully fine-tuned by
+    /// plain AdamW). The GaLore issue defines how such a strategy reaches the quantized weights.
+    /// </summary>
+    bool TrainsQuantizedWeights => false;
+
+    /// <summary>
     /// For <c>peft plan</c>: the state, projection and gradient memory this strategy would hold for
     /// <paramref name="parameters"/> (null if unknown; the planner then uses its own formula when it has one).
     /// </summary>

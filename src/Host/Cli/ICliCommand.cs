@@ -1,6 +1,6 @@
 namespace Peft.Host.Cli;
 
-/// <summary>One verb of the <c>peft</c> command. Add a class implementing this and list it in <see cref="CommandLine.Commands"/>.</summary>
+/// <summary>One verb of the <c>peft</c> command. Add a class implementing this and list it in <c>Commands.CommandLine.Commands</c>.</summary>
 public interface ICliCommand
 {
     /// <summary>The verb: <c>generate</c>.</summary>

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Peft.Host.Cli;
+using Peft.Host.Configuration;
 using Peft.Host.Evaluation;
 
 namespace Peft.Host.Commands;
@@ -14,7 +15,7 @@ public sealed class EvalCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft eval --model DIR [--adapter DIR] --data FILE [--json]
+        usage: peft eval --model DIR [--adapter DIR [--plugins DIR]...] --data FILE [--json]
 
         Evaluates next-token prediction. Documents: in a .txt file, blocks separated by blank lines (each
         trimmed, inner newlines kept); in a .jsonl file, the "text" field of each line. Each document is
@@ -26,6 +27,8 @@ public sealed class EvalCommand : ICliCommand
         options:
           --model DIR    HF model folder (config.json, model.safetensors, tokenizer.model)
           --adapter DIR  HF PEFT adapter folder applied to the model (e.g. out/quickstart/adapter)
+          --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable; or plugins:directories
+                         through PEFT_plugins__directories__0)
           --data FILE    .txt or .jsonl evaluation file
           --json         also print {"loss": ..., "perplexity": ..., "tokens": ...} as the last line
 
@@ -39,11 +42,12 @@ public sealed class EvalCommand : ICliCommand
         var data = args.Required("--data");
         bool json = args.Flag("--json");
         var adapterDir = args.Optional("--adapter");
+        var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         if (!File.Exists(data)) throw new CliException($"{Name}: option '--data': file '{data}' not found");
         var documents = EvalDocuments.Read(data);
 
-        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
         using (plugins)
         using (model)
         {

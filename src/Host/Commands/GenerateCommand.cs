@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Peft.Host.Cli;
+using Peft.Host.Configuration;
 using Peft.Host.Generation;
 
 namespace Peft.Host.Commands;
@@ -14,7 +15,7 @@ public sealed class GenerateCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft generate --model DIR [--adapter DIR] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
 
         Generates from an HF model folder (config.json, model.safetensors, tokenizer.model) with a KV cache.
         The sequence starts with BOS, then the prompt's tokens. stdout gets ONLY the text, as llama2.c's run
@@ -25,6 +26,8 @@ public sealed class GenerateCommand : ICliCommand
         options:
           --model DIR            HF model folder
           --adapter DIR          HF PEFT adapter folder applied to the model
+          --plugins DIR          also load plugins from DIR, for the adapter's method (repeatable; or
+                                 plugins:directories through PEFT_plugins__directories__0)
           --prompt TEXT          text to continue (default: none, start from BOS alone)
           --max-new-tokens N     tokens to generate after the prompt (default 256)
           --temperature T        0 = greedy argmax; otherwise logits / T before sampling (default 1.0)
@@ -46,13 +49,14 @@ public sealed class GenerateCommand : ICliCommand
         double topP = args.Double("--top-p", 0.9, min: 0, max: 1);
         var seedText = args.Optional("--seed");
         var adapterDir = args.Optional("--adapter");
+        var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         ulong seed;
         if (seedText is null) seed = (ulong)DateTime.UtcNow.Ticks | 1;
         else if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed) || seed == 0)
             throw new CliException($"{Name}: option '--seed' has value '{seedText}': expected a positive integer");
 
-        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
         using (plugins)
         using (model)
         {

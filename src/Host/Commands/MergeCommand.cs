@@ -1,5 +1,5 @@
 using Peft.Host.Cli;
-using Peft.Host.Composition;
+using Peft.Host.Configuration;
 using Peft.Host.Model;
 
 namespace Peft.Host.Commands;
@@ -12,7 +12,7 @@ public sealed class MergeCommand : ICliCommand
     public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
 
     public string Help =>
-        "usage: peft merge --model DIR --adapter DIR --out DIR\n\n" +
+        "usage: peft merge --model DIR --adapter DIR --out DIR [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
         "model.safetensors in the base model's dtype, tokenizer.model) that transformers and 'peft eval' load.\n" +
@@ -20,7 +20,8 @@ public sealed class MergeCommand : ICliCommand
         "options:\n" +
         "  --model DIR    the base HF model folder the adapter was trained on\n" +
         AdapterAttachment.Help + "\n" +
-        "  --out DIR      the merged model folder to write (replaced if it exists)\n\n" +
+        "  --out DIR      the merged model folder to write (replaced if it exists)\n" +
+        "  --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable)\n\n" +
         "example:\n" +
         "  peft merge --model out/models/stories260K --adapter out/quickstart/adapter --out out/merged";
 
@@ -29,6 +30,7 @@ public sealed class MergeCommand : ICliCommand
         var modelDir = args.Required("--model");
         var adapterDir = args.Required("--adapter");
         var outDir = args.Required("--out");
+        var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         if (Path.GetFullPath(outDir).TrimEnd('/') == Path.GetFullPath(modelDir).TrimEnd('/'))
             throw new CliException($"{Name}: option '--out': '{outDir}' is the base model folder; write the merged model elsewhere");
@@ -36,7 +38,7 @@ public sealed class MergeCommand : ICliCommand
         var (model, _) = ModelFolderArgs.Open(Name, modelDir);
         using (model)
         {
-            var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context);
+            var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
             using (catalog)
             {
                 adapter.MergeAndUnload(safe: true);

@@ -27,13 +27,14 @@ internal static class ModelFolderArgs
     /// <see cref="Open"/>, then the <c>--adapter</c> folder (when given) attached through the loaded plugins.
     /// Dispose the returned plugins handle after the model.
     /// </summary>
-    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context)
+    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
+        Microsoft.Extensions.Configuration.IConfiguration plugins)
     {
         var (model, tokenizer) = Open(verb, dir);
         if (adapterDir is null) return (model, tokenizer, null);
         try
         {
-            var (catalog, _) = Composition.AdapterAttachment.Attach(verb, adapterDir, model, context);
+            var (catalog, _) = AdapterAttachment.Attach(verb, adapterDir, model, context, plugins);
             return (model, tokenizer, catalog);
         }
         catch

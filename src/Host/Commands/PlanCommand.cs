@@ -58,7 +58,7 @@ public sealed class PlanCommand : ICliCommand
         var json = args.Flag("--json");
         var seed = args.Flag("--seed-assumptions");
         var configFile = args.Optional(HostConfiguration.ConfigOption);
-        var root = HostConfiguration.Load(configFile, args.Many(HostConfiguration.SetOption));
+        var root = HostConfiguration.Load(args);
         var request = PlanArguments.Read(Name, args, root, configFile is not null);
         args.ThrowOnUnused();
 

@@ -19,11 +19,12 @@ public sealed class TrainCommand : ICliCommand
     public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
 
     public string Help =>
-        "usage: peft train --config FILE [--set SECTION:KEY=VALUE]... [--resume DIR|latest]\n\n" +
+        "usage: peft train --config FILE [--set SECTION:KEY=VALUE]... [--plugins DIR]... [--resume DIR|latest]\n\n" +
         "Sections of the JSON file (snake_case keys):\n" +
         "  model         path (HF folder), import_llama2c { checkpoint, tokenizer } to create it first\n" +
         "  method        name (lora, dora... see 'peft plugins'; \"full\" or absent: full fine-tuning) + its options\n" +
-        "  quantization  name (a quantizer plugin, e.g. nf4) + its options; applied before the method\n" +
+        "  quantization  name (a quantizer plugin, e.g. nf4) + its options; applied before the method (without a\n" +
+        "                method only with an optimizer that trains quantized weights, e.g. int8 + galore)\n" +
         "  optimizer     name (default adamw; e.g. galore) + its options\n" +
         "  hooks         list of { name, ... } (e.g. lisa)\n" +
         "  data          path, format, seq_len, validation_fraction | validation_path, max_rows, shuffle\n" +
@@ -51,6 +52,11 @@ public sealed class TrainCommand : ICliCommand
         var outputDir = cfg.Output.Dir ?? throw new Abstractions.PeftConfigurationException("output:dir", null, "is required (where the adapter, checkpoints and metrics go)");
 
         if (cfg.Training.NumThreads > 0) torch.set_num_threads(cfg.Training.NumThreads);
+
+        // Every component name is resolved (and the combination checked) before any model is imported or loaded.
+        using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, root);
+        var plan = PeftComposer.Plan(catalog, root);
+
         var modelDir = modelOptions.Path!;
         if (!Directory.Exists(modelDir))
         {
@@ -59,13 +65,12 @@ public sealed class TrainCommand : ICliCommand
             Llama2cImporter.Import(import.Checkpoint!, import.Tokenizer!, modelDir);
         }
 
-        using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, root);
         var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir);
         using (model)
         {
             // The seed fixes the adapter's initialisation as well as dropout and data order.
             torch.manual_seed(cfg.Training.Seed);
-            var composed = PeftComposer.Compose(catalog, model, root, cfg.Training.ToOptimizerSettings());
+            var composed = PeftComposer.Compose(plan, model, root, cfg.Training.ToOptimizerSettings());
             using var optimizer = composed.Optimizer;
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
             ITrainingOutput output = composed.Adapter is not null

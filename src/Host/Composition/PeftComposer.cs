@@ -1,11 +1,14 @@
 using Microsoft.Extensions.Configuration;
 using Peft.Abstractions;
+using Peft.Abstractions.Configuration;
 using Peft.Abstractions.Methods;
 using Peft.Abstractions.Model;
 using Peft.Abstractions.Optimization;
+using Peft.Abstractions.Quantization;
 using Peft.Abstractions.Training;
 using Peft.Host.Model;
 using Peft.Host.Plugins;
+using Peft.Host.Training;
 using TorchSharp.Modules;
 
 namespace Peft.Host.Composition;
@@ -20,67 +23,121 @@ public sealed record ComposedRun(
     IReadOnlyList<ITrainingHook> Hooks);
 
 /// <summary>
-/// The composition root: turns the <c>quantization</c>, <c>method</c>, <c>hooks</c> and <c>optimizer</c>
-/// sections into plugin components applied to a model, in this order:
-/// quantizer (replaces frozen base linears) → method (wraps whatever is in the slots) → hooks → optimizer.
-/// That order is what makes QLoRA+DoRA (nf4 + dora), LISA+LoRA (lisa hook + lora) and GaLore on INT8
-/// (int8 + galore optimizer) work without any plugin knowing another. No method (or <c>"name": "full"</c>)
-/// is full fine-tuning: every parameter trains.
+/// The components a configuration names, resolved from the plugin catalog and checked as a combination before
+/// any model is imported or loaded (<see cref="PeftComposer.Plan"/>).
+/// </summary>
+public sealed record CompositionPlan(
+    ComponentSelection? Quantization,
+    IQuantizer? Quantizer,
+    ComponentSelection? MethodSelection,
+    IPeftMethod? Method,
+    IReadOnlyList<(ComponentSelection Selection, ITrainingHookFactory Factory)> Hooks,
+    ComponentSelection? OptimizerSelection,
+    IOptimizerStrategy OptimizerStrategy)
+{
+    /// <summary>The method's name, or <see cref="FullFineTuning.Name"/> when there is no PEFT method.</summary>
+    public string MethodName => Method?.Name ?? FullFineTuning.Name;
+}
+
+/// <summary>
+/// The composition root: turns the <c>quantization</c>, <c>method</c>, <c>hooks</c>, <c>training</c> (model
+/// preparation) and <c>optimizer</c> sections into plugin components applied to a model, in this order:
+/// <code>
+///   1. quantizer     replaces the frozen base linears (every slot but the output head); the replaced
+///                    full-precision layer is disposed (the model's slots own what is in them)
+///   2. method        wraps whatever is in its target slots (dense or quantized) and keeps it as its base;
+///                    everything else is frozen. No method (or "full"): every parameter trains
+///   3. hooks         created from their factories (LISA switches requires_grad among the trainable parameters)
+///   4. preparation   frozen weights re-stored in bfloat16, activation checkpointing (<see cref="ModelPreparation"/>)
+///   5. optimizer     the strategy builds the optimizer over the trainable parameters (default adamw)
+/// </code>
+/// That order is what makes QLoRA+DoRA (nf4 + dora), LISA+LoRA (lora + lisa hook), GaLore on INT8 (int8 +
+/// galore optimizer strategy, no method) work without any plugin knowing another. A quantizer without a method
+/// is accepted only with an optimizer strategy that declares <see cref="IOptimizerStrategy.TrainsQuantizedWeights"/>.
 /// </summary>
 public static class PeftComposer
 {
-    public const string FullFineTuning = "full";
     public const string DefaultOptimizer = "adamw";
 
-    public static ComposedRun Compose(PluginCatalog catalog, ICausalLanguageModel model, IConfiguration root, Abstractions.Optimization.OptimizerSettings settings,
+    /// <summary>
+    /// Resolve every component the configuration names and check the combination, without a model: an unknown
+    /// name is reported with the available ones, before anything is imported or loaded.
+    /// </summary>
+    public static CompositionPlan Plan(PluginCatalog catalog, IConfiguration root)
+    {
+        var quantization = ComponentSelection.From(root, "quantization");
+        var quantizer = quantization is null ? null : catalog.GetQuantizer(quantization.Name, quantization.NameKey);
+
+        var methodSel = ComponentSelection.From(root, "method");
+        IPeftMethod? method = null;
+        if (methodSel is not null && string.Equals(methodSel.Name, FullFineTuning.Name, StringComparison.OrdinalIgnoreCase))
+        {
+            var extra = methodSel.Section.GetChildren().FirstOrDefault(c => !string.Equals(c.Key, "name", StringComparison.OrdinalIgnoreCase));
+            if (extra is not null) throw new PeftConfigurationException(extra.Path, extra.Value, "unknown key (full fine-tuning takes no options)");
+        }
+        else if (methodSel is not null)
+            method = catalog.GetMethod(methodSel.Name, methodSel.NameKey);
+
+        var hooks = ComponentSelection.ListFrom(root, "hooks")
+            .Select(h => (h, catalog.GetHookFactory(h.Name, h.NameKey)))
+            .ToList();
+
+        var optSel = ComponentSelection.From(root, "optimizer");
+        var strategy = catalog.GetOptimizerStrategy(optSel?.Name ?? DefaultOptimizer, optSel?.NameKey ?? "optimizer:name");
+
+        if (quantizer is not null && method is null && !strategy.TrainsQuantizedWeights)
+            throw new PeftConfigurationException("quantization:name", quantization!.Name,
+                $"a quantized base needs a PEFT method (method:name) or an optimizer strategy that trains quantized weights; optimizer '{strategy.Name}' does not");
+
+        return new CompositionPlan(quantization, quantizer, methodSel, method, hooks, optSel, strategy);
+    }
+
+    public static ComposedRun Compose(PluginCatalog catalog, ICausalLanguageModel model, IConfiguration root, OptimizerSettings settings,
+                                      string adapterName = "default") =>
+        Compose(Plan(catalog, root), model, root, settings, adapterName);
+
+    public static ComposedRun Compose(CompositionPlan plan, ICausalLanguageModel model, IConfiguration root, OptimizerSettings settings,
                                       string adapterName = "default")
     {
-        // 1. quantizer: every linear but the output head
-        var quantization = ComponentSelection.From(root, "quantization");
-        if (quantization is not null)
+        // 1. quantizer: every linear but the output head; the replaced layer is freed
+        if (plan.Quantizer is { } quantizer)
         {
-            var quantizer = catalog.GetQuantizer(quantization.Name, quantization.NameKey);
-            foreach (var name in model.LinearLayerNames.Where(n => n != model.OutputHeadName))
-                model.SetLinear(name, quantizer.Quantize(name, model.GetLinear(name), quantization.Section));
+            foreach (var slot in model.LinearSlots.Where(s => s.Kind != LinearKind.OutputHead && s.Name != model.OutputHeadName))
+            {
+                var replaced = model.GetLinear(slot.Name);
+                var quantized = quantizer.Quantize(slot.Name, replaced, plan.Quantization!.Section);
+                model.SetLinear(slot.Name, quantized);
+                if (!ReferenceEquals(quantized, replaced)) replaced.Module.Dispose();
+            }
         }
 
         // 2. method: freeze everything, then the adapter's parameters are the trainable ones
-        var methodSel = ComponentSelection.From(root, "method");
         IAdapter? adapter = null;
         IReadOnlyList<(string Name, Parameter Parameter)> trainable;
-        string methodName;
-        if (methodSel is null || string.Equals(methodSel.Name, FullFineTuning, StringComparison.OrdinalIgnoreCase))
+        if (plan.Method is { } method)
         {
-            if (methodSel is not null)
-            {
-                var extra = methodSel.Section.GetChildren().FirstOrDefault(c => !string.Equals(c.Key, "name", StringComparison.OrdinalIgnoreCase));
-                if (extra is not null) throw new PeftConfigurationException(extra.Path, extra.Value, "unknown key (full fine-tuning takes no options)");
-            }
-            if (quantization is not null)
-                throw new PeftConfigurationException("quantization:name", quantization.Name, "a quantized base cannot be fully fine-tuned; choose a PEFT method (method:name)");
-            methodName = FullFineTuning;
-            trainable = Training.FullFineTuning.TrainableParameters(model);
+            foreach (var (_, p) in model.NamedParameters()) p.requires_grad_(false);
+            adapter = method.Attach(model, adapterName, plan.MethodSelection!.Section);
+            foreach (var (_, p) in adapter.TrainableParameters) p.requires_grad_(true);
+            trainable = adapter.TrainableParameters;
         }
         else
         {
-            var method = catalog.GetMethod(methodSel.Name, methodSel.NameKey);
-            foreach (var (_, p) in model.NamedParameters()) p.requires_grad_(false);
-            adapter = method.Attach(model, adapterName, methodSel.Section);
-            foreach (var (_, p) in adapter.TrainableParameters) p.requires_grad_(true);
-            trainable = adapter.TrainableParameters;
-            methodName = method.Name;
+            // Full fine-tuning; on a quantized base (only with a strategy that trains quantized weights) the
+            // floating-point parameters train as usual and the quantized weights are the strategy's.
+            trainable = FullFineTuning.TrainableParameters(model, skipNonFloatingPoint: plan.Quantizer is not null);
         }
 
         // 3. hooks
-        var hooks = ComponentSelection.ListFrom(root, "hooks")
-            .Select(h => catalog.GetHookFactory(h.Name, h.NameKey).Create(h.Section))
-            .ToList();
+        var hooks = plan.Hooks.Select(h => h.Factory.Create(h.Selection.Section)).ToList();
 
-        // 4. optimizer strategy over the trainable parameters
-        var optSel = ComponentSelection.From(root, "optimizer");
-        var strategy = catalog.GetOptimizerStrategy(optSel?.Name ?? DefaultOptimizer, optSel?.NameKey ?? "optimizer:name");
-        var optimizer = strategy.Create(trainable, settings, optSel?.Section ?? root.GetSection("optimizer"));
+        // 4. model preparation: storage dtype of the frozen weights, activation checkpointing
+        var training = OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
+        ModelPreparation.Apply(model, trainable, training);
 
-        return new ComposedRun(adapter, methodName, quantization?.Name, trainable, optimizer, hooks);
+        // 5. optimizer strategy over the trainable parameters
+        var optimizer = plan.OptimizerStrategy.Create(trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
+
+        return new ComposedRun(adapter, plan.MethodName, plan.Quantization?.Name, trainable, optimizer, hooks);
     }
 }

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Configuration;
+using Peft.Host.Plugins;
 
 namespace Peft.Host.Configuration;
 
@@ -16,7 +17,7 @@ public sealed record ConfigSection(string Name, string Summary, Action<IConfigur
 /// </summary>
 public static class ConfigSections
 {
-    public const string Plugins = "plugins";
+    public const string Plugins = PluginsOptions.Section;
 
     public static IReadOnlyList<ConfigSection> Known { get; } = new List<ConfigSection>
     {

@@ -5,6 +5,7 @@ using Microsoft.Extensions.Configuration.Json;
 using Microsoft.Extensions.Configuration.Memory;
 using Peft.Abstractions;
 using Peft.Host.Cli;
+using Peft.Host.Plugins;
 
 namespace Peft.Host.Configuration;
 
@@ -26,19 +27,31 @@ public static class HostConfiguration
     public const string EnvironmentPrefix = "PEFT_";
     public const string ConfigOption = "--config";
     public const string SetOption = "--set";
+    public const string PluginsOption = "--plugins";
+
+    /// <summary>Help text for <c>--plugins</c>, which every verb accepts.</summary>
+    public const string PluginsHelp =
+        "  --plugins DIR              also load plugins from DIR (a plugin folder or a folder of them; repeatable;\n" +
+        "                             same as plugins:directories in JSON or PEFT_plugins__directories__0)";
 
     /// <summary>Help text for the options every configuration-reading verb accepts.</summary>
     public const string OptionsHelp =
         "  --config FILE              JSON configuration file (snake_case keys)\n" +
-        "  --set SECTION:KEY=VALUE    override one key (repeatable; wins over the file and PEFT_* environment variables)";
+        "  --set SECTION:KEY=VALUE    override one key (repeatable; wins over the file and PEFT_* environment variables)\n" +
+        PluginsHelp;
 
-    /// <summary>Read <c>--config</c> and every <c>--set</c> from the verb's options and load.</summary>
-    public static IConfigurationRoot Load(CommandArgs args) => Load(args.Optional(ConfigOption), args.Many(SetOption));
+    /// <summary>Read <c>--config</c>, every <c>--set</c> and every <c>--plugins</c> from the verb's options and load.</summary>
+    public static IConfigurationRoot Load(CommandArgs args) => Load(args.Optional(ConfigOption), args.Many(SetOption), pluginDirectories: args.Many(PluginsOption));
+
+    /// <summary>For verbs without a configuration file (eval, generate, merge): <c>PEFT_*</c> variables and every <c>--plugins</c>.</summary>
+    public static IConfigurationRoot LoadPlugins(CommandArgs args) => Load(null, [], pluginDirectories: args.Many(PluginsOption));
 
     /// <param name="configFile">The JSON file, or null for none.</param>
     /// <param name="overrides"><c>section:key=value</c> strings from <c>--set</c>.</param>
     /// <param name="includeEnvironment">Read <c>PEFT_*</c> environment variables (tests may turn this off).</param>
-    public static IConfigurationRoot Load(string? configFile, IEnumerable<string> overrides, bool includeEnvironment = true)
+    /// <param name="pluginDirectories"><c>--plugins</c> folders, appended to <c>plugins:directories</c> from the other layers.</param>
+    public static IConfigurationRoot Load(string? configFile, IEnumerable<string> overrides, bool includeEnvironment = true,
+                                          IEnumerable<string>? pluginDirectories = null)
     {
         var builder = new ConfigurationBuilder();
         string? fullPath = null;
@@ -66,6 +79,18 @@ public static class HostConfiguration
                 chain.Add(x.Message.TrimEnd('.'));
             var reason = string.Join(": ", chain);
             throw new CliException($"configuration file '{configFile}' is not a valid JSON configuration: {reason}");
+        }
+        var extra = (pluginDirectories ?? []).ToList();
+        if (extra.Count > 0)
+        {
+            foreach (var dir in extra)
+                if (string.IsNullOrWhiteSpace(dir) || !Directory.Exists(dir))
+                    throw new CliException($"option '{PluginsOption}': '{dir}' is not a folder" +
+                                           (File.Exists(dir) ? " (it is a file; give the folder that holds the plugin's .dll and .deps.json)" : ""));
+            int first = root.GetSection(PluginsOptions.Section + ":directories").GetChildren().Count();
+            builder.AddInMemoryCollection(extra.Select((dir, i) =>
+                new KeyValuePair<string, string?>($"{PluginsOptions.Section}:directories:{first + i}", dir)));
+            root = builder.Build();
         }
         Validate(root);
         return root;

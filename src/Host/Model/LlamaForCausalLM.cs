@@ -1,6 +1,5 @@
 using System.Text.RegularExpressions;
 using Peft.Abstractions.Model;
-using Peft.Host.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

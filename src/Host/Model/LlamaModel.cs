@@ -1,4 +1,3 @@
-using Peft.Host.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -4,6 +4,7 @@ using Peft.Abstractions;
 using Peft.Abstractions.Memory;
 using Peft.Abstractions.Model;
 using Peft.Host.Composition;
+using Peft.Host.Training;
 
 namespace Peft.Host.Planning;
 
@@ -53,7 +54,8 @@ public static class MemoryPlanner
         var methodSel = ComponentSelection.From(root, "method");
         var optSel = ComponentSelection.From(root, "optimizer");
         string optName = optSel?.Name ?? PeftComposer.DefaultOptimizer;
-        bool full = methodSel is null || string.Equals(methodSel.Name, PeftComposer.FullFineTuning, StringComparison.OrdinalIgnoreCase);
+        bool full = methodSel is null || string.Equals(methodSel.Name, FullFineTuning.Name, StringComparison.OrdinalIgnoreCase);
+        var strategy = components.OptimizerStrategy(optName);
         int optBytes = s.OptimizerDtypeBytes;
         List<PlannedParameter> trainable;
         long trainableWeightBytes, baseWeightBytes = 0, quantStats = quantized.Values.Sum(q => q.Stats);
@@ -62,8 +64,9 @@ public static class MemoryPlanner
         double adapterDropout = 0;
         if (full)
         {
-            if (quantSel is not null && !string.Equals(optName, "galore", StringComparison.OrdinalIgnoreCase))
-                throw new PeftConfigurationException("quantization:name", quantSel.Name, "a quantized base cannot be fully fine-tuned; choose a PEFT method (method:name), or the galore optimizer (GaLore on a quantized base, Q-GaLore)");
+            bool trainsQuantized = strategy?.TrainsQuantizedWeights ?? string.Equals(optName, "galore", StringComparison.OrdinalIgnoreCase);
+            if (quantSel is not null && !trainsQuantized)
+                throw new PeftConfigurationException("quantization:name", quantSel.Name, $"a quantized base needs a PEFT method (method:name) or an optimizer strategy that trains quantized weights (galore); optimizer '{optName}' does not");
             trainable = model.Tensors.Select(t => new PlannedParameter(t.Name, t.Shape, t.LayerIndex, optBytes)).ToList();
             trainableWeightBytes = 0;
             foreach (var t in model.Tensors)
@@ -133,7 +136,6 @@ public static class MemoryPlanner
         var active = trainable.Where(p => p.LayerIndex is null || chosenLayers.Contains(p.LayerIndex.Value)).ToList();
 
         // 4. optimizer
-        var strategy = components.OptimizerStrategy(optName);
         var optSection = optSel?.Section ?? root.GetSection("optimizer");
         var optEstimate = strategy?.EstimateMemory(active, optSection);
         string optHow = optEstimate is not null ? (strategy!.GetType().Assembly == typeof(MemoryPlanner).Assembly ? "host's EstimateMemory" : "plugin's EstimateMemory") : "planner formula" + NotLoaded(strategy is null, "optimizer strategy");

@@ -11,7 +11,6 @@ using Peft.Abstractions.Optimization;
 using Peft.Abstractions.Plugins;
 using Peft.Abstractions.Quantization;
 using Peft.Abstractions.Training;
-using Peft.Host.Configuration;
 using TorchSharp;
 
 namespace Peft.Host.Plugins;
@@ -119,7 +118,7 @@ public sealed class PluginCatalog : IDisposable
         {
             var full = Path.GetFullPath(options.Directories[i]);
             if (!Directory.Exists(full))
-                throw new PeftConfigurationException($"{ConfigSections.Plugins}:directories:{i}", options.Directories[i],
+                throw new PeftConfigurationException($"{PluginsOptions.Section}:directories:{i}", options.Directories[i],
                     $"plugin folder does not exist (looked for '{full}')");
             directories.Add(full);
         }

@@ -45,8 +45,6 @@ public static class Trainer
                 $"sequences of {longest} tokens are longer than the model's max_position_embeddings ({model.Shape.MaxPositionEmbeddings})");
         Directory.CreateDirectory(run.OutputDirectory);
 
-        ApplyModelOptions(run);
-
         int microPerEpoch = (run.Data.Train.Count + o.BatchSize - 1) / o.BatchSize;
         int totalSteps = o.MaxSteps > 0
             ? o.MaxSteps
@@ -233,24 +231,6 @@ public static class Trainer
         finally
         {
             model.Module.train();
-        }
-    }
-
-    static void ApplyModelOptions(TrainingRun run)
-    {
-        var o = run.Options;
-        if (o.BaseDtype == "bfloat16")
-        {
-            if (run.Model is not IBaseWeightsCaster caster)
-                throw new PeftConfigurationException("training:base_dtype", o.BaseDtype, "this model cannot store its frozen weights in bfloat16");
-            var names = run.TrainableParameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
-            caster.CastFrozenWeights(ScalarType.BFloat16, names.Contains);
-        }
-        if (o.ActivationCheckpointing)
-        {
-            if (run.Model is not IActivationCheckpointing checkpointing)
-                throw new PeftConfigurationException("training:activation_checkpointing", "true", "this model does not support activation checkpointing");
-            checkpointing.ActivationCheckpointing = true;
         }
     }
 

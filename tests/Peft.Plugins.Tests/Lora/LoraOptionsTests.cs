@@ -54,7 +54,7 @@ public sealed class LoraOptionsTests
     [Fact]
     public void Reads_the_fields_of_a_real_PEFT_adapter_config()
     {
-        var json = File.ReadAllText("/work/shared/data/peft_adapters/smollm135m_lora_r16/adapter_config.json");
+        var json = File.ReadAllText(TestData.Shared("peft_adapters/smollm135m_lora_r16/adapter_config.json"));
         var o = LoraOptions.FromAdapterConfig(System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject());
         (o.R, o.LoraAlpha, o.LoraDropout, o.UseRsLora).Should().Be((16, 32.0, 0.05, false));
         o.TargetModules.Should().Equal("v_proj", "q_proj");
@@ -65,7 +65,7 @@ public sealed class LoraOptionsTests
     public void The_GPT2_Conv1D_adapter_is_refused_by_name()
     {
         // tiny_gpt2_lora uses fan_in_fan_out (GPT-2 Conv1D stores weights as (in, out)) and bias "lora_only".
-        var json = File.ReadAllText("/work/shared/data/peft_adapters/tiny_gpt2_lora/adapter_config.json");
+        var json = File.ReadAllText(TestData.Shared("peft_adapters/tiny_gpt2_lora/adapter_config.json"));
         var act = () => LoraOptions.FromAdapterConfig(System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject());
         act.Should().Throw<PeftConfigurationException>().Which.Key.Should().BeOneOf("bias", "fan_in_fan_out");
     }

@@ -12,7 +12,7 @@ namespace Peft.Plugins.Tests.Lora;
 /// <summary>The HF PEFT adapter folder format, exercised with the real LoRA method.</summary>
 public sealed class PeftAdapterFolderTests : IDisposable
 {
-    const string SmolAdapter = "/work/shared/data/peft_adapters/smollm135m_lora_r16";
+    static string SmolAdapter => TestData.Shared("peft_adapters/smollm135m_lora_r16");
     static readonly IPeftMethod[] Methods = [new LoraMethod()];
     readonly string _dir = Path.Combine(Path.GetTempPath(), "peft-lora-tests-" + Guid.NewGuid().ToString("N"));
 
@@ -214,7 +214,7 @@ public sealed class PeftAdapterFolderTests : IDisposable
     [Fact]
     public void The_GPT2_Conv1D_adapter_is_refused_with_a_message_naming_the_key()
     {
-        var act = () => PeftAdapterFolder.Load("/work/shared/data/peft_adapters/tiny_gpt2_lora", FakeLlamaModel.Tiny(), Methods);
+        var act = () => PeftAdapterFolder.Load(TestData.Shared("peft_adapters/tiny_gpt2_lora"), FakeLlamaModel.Tiny(), Methods);
         act.Should().Throw<PeftFormatException>().WithMessage("*adapter_config.json*'bias'*lora_only*");
     }
 

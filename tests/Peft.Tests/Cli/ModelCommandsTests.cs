@@ -3,6 +3,7 @@ using Peft.Host.Cli;
 using Peft.Host.Evaluation;
 using Peft.Host.Model;
 using Peft.Tests.Import;
+using Peft.Host.Commands;
 
 namespace Peft.Tests.Cli;
 
@@ -85,7 +86,7 @@ public sealed class ModelCommandsTests(Stories260KFixture fx)
     public void Eval_on_tinystories_text_is_near_the_authors_validation_loss()
     {
         // The author reports a validation loss of 1.2968 for stories260K on TinyStories.
-        var data = Path.Combine(Stories260KFixture.DataDir, "..", "tinystories", "cs336_tinystories_sample.txt");
+        var data = TestData.Repo("tinystories/cs336_tinystories_sample.txt");
         var r = Run("eval", "--model", fx.ModelDir, "--data", data, "--json");
         r.Code.Should().Be(0, r.Err);
         var json = JsonNode.Parse(r.Out.TrimEnd('\n').Split('\n')[^1])!;
@@ -163,7 +164,7 @@ public sealed class ModelCommandsTests(Stories260KFixture fx)
         {
             var r = verb == "generate"
                 ? Run("generate", "--model", dir, "--temperature", "0")
-                : Run("eval", "--model", dir, "--data", Path.Combine(Stories260KFixture.DataDir, "..", "tinystories", "cs336_tinystories_sample.txt"));
+                : Run("eval", "--model", dir, "--data", TestData.Repo("tinystories/cs336_tinystories_sample.txt"));
             r.Code.Should().Be(2, verb);
             r.Out.Should().BeEmpty(verb);
             r.Err.Should().Contain("'model.layers.0.self_attn.k_proj.weight' has shape [64, 64] but config.json needs [32, 64]");

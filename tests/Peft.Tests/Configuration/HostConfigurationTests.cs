@@ -2,6 +2,7 @@ using Microsoft.Extensions.Configuration;
 using Peft.Abstractions;
 using Peft.Host.Cli;
 using Peft.Host.Configuration;
+using Peft.Host.Plugins;
 
 namespace Peft.Tests.Configuration;
 

@@ -93,19 +93,11 @@ public class InstructionDataTests
     }
 
     [Fact]
-    public void The_shared_alpaca_file_loads()
+    public void The_vendored_alpaca_file_loads()
     {
-        var path = Path.Combine(RepoRoot(), "..", "shared", "data", "alpaca_libre", "alpaca_libre_ok.jsonl");
-        if (!File.Exists(path)) path = "/work/shared/data/alpaca_libre/alpaca_libre_ok.jsonl";
+        var path = TestData.Repo("alpaca_libre/alpaca_libre_ok.jsonl");
         var loaded = InstructionDataset.Load(path, _tok, 256, maxRows: 50);
         loaded.Rows.Should().Be(50);
         loaded.Examples.Should().OnlyContain(e => e.InputIds[0] == 1 && e.Length <= 256 && e.CountedTokens > 0);
-    }
-
-    static string RepoRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Framework.sln"))) dir = dir.Parent;
-        return dir?.FullName ?? "/";
     }
 }

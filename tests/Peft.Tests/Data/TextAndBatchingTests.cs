@@ -36,11 +36,9 @@ public class TextAndBatchingTests
     }
 
     [Fact]
-    public void The_shared_tinystories_text_loads_and_packs()
+    public void The_vendored_tinystories_text_loads_and_packs()
     {
-        const string path = "/work/shared/data/tinystories/tinystories_train_head.txt";
-        var shared = Path.Combine(AppContext.BaseDirectory, "../../../../../../shared/data/tinystories/tinystories_train_head.txt");
-        var file = File.Exists(shared) ? shared : path;
+        var file = TestData.Repo("tinystories/tinystories_train_head.txt");
         var loaded = PlainTextDataset.Load(file, _tok, seqLen: 128, maxDocuments: 20);
         loaded.Documents.Should().Be(20);
         loaded.Examples.Should().OnlyContain(e => e.Length <= 128 && e.Length >= 2);

@@ -5,6 +5,7 @@ using Peft.Host.Model;
 using Peft.Tests.Import;
 using TorchSharp;
 using static TorchSharp.torch;
+using Peft.Host.Commands;
 
 namespace Peft.Tests.EndToEnd;
 
@@ -128,7 +129,7 @@ public sealed class LoraEndToEndTests(Stories260KFixture fx)
         {
           "model": { "path": {{JsonValue.Create(fx.ModelDir).ToJsonString()}} },
           "method": {{methodJson}},
-          "data": { "path": {{JsonValue.Create(Path.Combine(Stories260KFixture.DataDir, "..", "alpaca_libre", "alpaca_libre_ok.jsonl")).ToJsonString()}},
+          "data": { "path": {{JsonValue.Create(TestData.Repo("alpaca_libre/alpaca_libre_ok.jsonl")).ToJsonString()}},
                     "seq_len": 128, "validation_fraction": 0.05, "max_rows": 200 },
           "training": { "seed": 7, "batch_size": 4, "max_steps": 8, "learning_rate": 0.005, "lr_scheduler": "cosine",
                         "warmup_steps": 2, "eval_every": 4, "eval_batches": 4, "checkpoint_every": 4, "keep_last_checkpoints": 3, "log_every": 1 },

@@ -38,7 +38,7 @@ public sealed class LoraTrainingOnLlamaTests(Stories260KFixture fx)
 
         var data = TrainingDataSet.Load(new DataOptions
         {
-            Path = Path.Combine(Stories260KFixture.DataDir, "..", "alpaca_libre", "alpaca_libre_ok.jsonl"),
+            Path = TestData.Repo("alpaca_libre/alpaca_libre_ok.jsonl"),
             Format = "instruction", SeqLen = 128, ValidationFraction = 0.1, MaxRows = 160,
         }, fx.Tokenizer, training.Seed);
         var (lossBefore, _) = Trainer.Evaluate(model, data.Validation, 4, 4, data.PadId);

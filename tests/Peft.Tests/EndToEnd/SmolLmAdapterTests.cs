@@ -14,7 +14,7 @@ namespace Peft.Tests.EndToEnd;
 /// <summary>A real adapter written by HF PEFT 0.12 loaded onto the host's Llama built with SmolLM-135M's shapes.</summary>
 public sealed class SmolLmAdapterTests
 {
-    static string AdapterDir => Path.GetFullPath(Path.Combine(Stories260KFixture.DataDir, "..", "peft_adapters", "smollm135m_lora_r16"));
+    static string AdapterDir => TestData.Shared("peft_adapters/smollm135m_lora_r16");
 
     [Fact]
     public void Every_tensor_of_the_real_PEFT_adapter_lands_on_its_module()

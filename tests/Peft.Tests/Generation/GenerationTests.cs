@@ -48,7 +48,7 @@ public sealed class GenerationLimitsTests(Stories260KFixture fx)
     {
         // A 508-token prompt in a 512-position context: positions 508..511 can still be fed, and the token sampled
         // from the last one is emitted too (llama2.c's run prints seq_len tokens in all), so 512 - 508 + 1 = 5.
-        var text = File.ReadAllText(Path.Combine(Stories260KFixture.DataDir, "..", "tinystories", "tinystories_train_head.txt"));
+        var text = File.ReadAllText(TestData.Repo("tinystories/tinystories_train_head.txt"));
         var prompt = new List<int> { 1 };
         prompt.AddRange(fx.Tokenizer.Encode(text).Take(507));
         var ids = new TextGenerator(fx.Model, fx.Tokenizer).GenerateIds(prompt, new GenerationOptions { Temperature = 0f, MaxNewTokens = 100 });

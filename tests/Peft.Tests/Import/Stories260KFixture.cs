@@ -5,12 +5,12 @@ using Peft.Host.Tokenization;
 namespace Peft.Tests.Import;
 
 /// <summary>
-/// stories260K (llama2.c's tiny Llama, ../shared/data/stories260K) imported once into a temporary HF folder and
+/// stories260K (llama2.c's tiny Llama, vendored in data/stories260K) imported once into a temporary HF folder and
 /// loaded, shared by every test in the "stories260K" collection.
 /// </summary>
 public sealed class Stories260KFixture : IDisposable
 {
-    public static readonly string DataDir = FindDataDir();
+    public static readonly string DataDir = TestData.Repo("stories260K");
     public static string Checkpoint => Path.Combine(DataDir, "stories260K.bin");
     public static string TokenizerModel => Path.Combine(DataDir, "tok512.model");
     public static string Notes => Path.Combine(DataDir, "stories260K.md");
@@ -37,17 +37,6 @@ public sealed class Stories260KFixture : IDisposable
     {
         Model.Dispose();
         try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
-    }
-
-    static string FindDataDir()
-    {
-        // ../shared/data relative to the repository root; walk up from the test binaries.
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, "..", "shared", "data", "stories260K");
-            if (File.Exists(Path.Combine(candidate, "stories260K.bin"))) return Path.GetFullPath(candidate);
-        }
-        throw new DirectoryNotFoundException("../shared/data/stories260K not found above " + AppContext.BaseDirectory);
     }
 
     /// <summary>

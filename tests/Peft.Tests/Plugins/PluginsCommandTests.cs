@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Peft.Host.Cli;
 using static Peft.Tests.Plugins.PluginTestFolders;
+using Peft.Host.Commands;
 
 namespace Peft.Tests.Plugins;
 

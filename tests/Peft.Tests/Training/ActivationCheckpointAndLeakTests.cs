@@ -3,6 +3,7 @@ using Peft.Tests.Data;
 using TorchSharp;
 using static Peft.Tests.Training.TrainerTestKit;
 using static TorchSharp.torch;
+using Peft.Host.Model;
 
 namespace Peft.Tests.Training;
 

@@ -1,4 +1,5 @@
 using Peft.Abstractions.Training;
+using Peft.Host.Composition;
 using Peft.Host.Data;
 using Peft.Host.Optimization;
 using Peft.Host.Training;
@@ -35,8 +36,15 @@ public static class TrainerTestKit
         return o;
     }
 
+    /// <summary>
+    /// A run as the composer builds one: the model prepared for training (<see cref="ModelPreparation"/>: base_dtype,
+    /// activation_checkpointing), AdamW over <paramref name="trainable"/>.
+    /// </summary>
     public static TrainingRun Run(TinyCausalLm model, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingDataSet data,
-        TrainingOptions options, string outputDirectory, ITrainingHook? hook = null, bool lossCurve = false) => new()
+        TrainingOptions options, string outputDirectory, ITrainingHook? hook = null, bool lossCurve = false)
+    {
+        ModelPreparation.Apply(model, trainable, options);
+        return new()
         {
             Model = model,
             TrainableParameters = trainable,
@@ -48,6 +56,7 @@ public static class TrainerTestKit
             Output = new FullModelOutput(model),
             WriteLossCurve = lossCurve,
         };
+    }
 
     public static TinyCausalLm TinyModel(ulong seed = 7) => new(Tokenizer.VocabSize, seed: seed);
 

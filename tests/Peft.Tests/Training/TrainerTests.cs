@@ -8,6 +8,7 @@ using Peft.Tests.Data;
 using TorchSharp;
 using static Peft.Tests.Training.TrainerTestKit;
 using static TorchSharp.torch;
+using Peft.Host.Composition;
 
 namespace Peft.Tests.Training;
 

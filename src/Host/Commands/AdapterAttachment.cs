@@ -6,10 +6,11 @@ using Peft.Host.Adapters;
 using Peft.Host.Cli;
 using Peft.Host.Plugins;
 
-namespace Peft.Host.Composition;
+namespace Peft.Host.Commands;
 
 /// <summary>
-/// <c>--adapter DIR</c> for eval, generate and merge: loads the plugins, then the PEFT adapter folder onto the
+/// <c>--adapter DIR</c> for eval, generate and merge: loads the plugins (the host's plugins/ folder and
+/// <c>--plugins</c> / <c>plugins:directories</c>), then the PEFT adapter folder onto the
 /// model through whichever loaded method reads its <c>peft_type</c>.
 /// </summary>
 public static class AdapterAttachment
@@ -17,10 +18,10 @@ public static class AdapterAttachment
     public const string Help = "  --adapter DIR  an HF PEFT adapter folder (adapter_config.json + adapter_model.safetensors) applied to the model";
 
     /// <summary>Attach the adapter in <paramref name="adapterDir"/>; the returned catalog must outlive the model's use of the adapter.</summary>
-    public static (PluginCatalog Catalog, IAdapter Adapter) Attach(string verb, string adapterDir, IPeftModel model, CliContext context)
+    public static (PluginCatalog Catalog, IAdapter Adapter) Attach(string verb, string adapterDir, IPeftModel model, CliContext context, IConfiguration plugins)
     {
         if (!Directory.Exists(adapterDir)) throw new CliException($"{verb}: option '--adapter': '{adapterDir}' is not a folder");
-        var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, new ConfigurationBuilder().Build());
+        var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, plugins);
         try
         {
             var methods = catalog.Services.GetServices<IPeftMethod>().ToList();

@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Configuration;
 using Peft.Abstractions.Configuration;
 
-namespace Peft.Host.Configuration;
+namespace Peft.Host.Plugins;
 
 /// <summary>
 /// The <c>plugins</c> section: where to look for plugins besides the host's own <c>plugins/</c> folder.
@@ -15,6 +15,8 @@ namespace Peft.Host.Configuration;
 /// </summary>
 public sealed class PluginsOptions : IValidatableOptions
 {
+    public const string Section = "plugins";
+
     [ConfigurationKeyName("directories")]
     public List<string> Directories { get; set; } = new();
 
@@ -28,7 +30,7 @@ public sealed class PluginsOptions : IValidatableOptions
     /// <summary>Bind and check the <c>plugins</c> section (absent section: no extra directories).</summary>
     public static PluginsOptions From(IConfiguration root)
     {
-        var section = root.GetSection(ConfigSections.Plugins);
+        var section = root.GetSection(Section);
         var directories = section.GetSection("directories");
         // The binder would silently ignore a single string where a list is expected.
         if (!string.IsNullOrEmpty(directories.Value)) // "[]" in JSON reads as ""

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Peft.Host.Training;
+namespace Peft.Host.Model;
 
 /// <summary>
 /// Implemented by a model that can keep its frozen base weights in a smaller storage dtype

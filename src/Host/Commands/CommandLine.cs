@@ -1,7 +1,8 @@
 using Peft.Abstractions;
+using Peft.Host.Cli;
 using Peft.Host.Formats;
 
-namespace Peft.Host.Cli;
+namespace Peft.Host.Commands;
 
 /// <summary>Dispatches <c>peft VERB [options]</c> to a command and turns bad input into one stderr line and exit code 2.</summary>
 public static class CommandLine
@@ -9,13 +10,13 @@ public static class CommandLine
     /// <summary>Every verb. New commands are added here.</summary>
     public static IReadOnlyList<ICliCommand> Commands { get; } = new List<ICliCommand>
     {
-        new Commands.ImportLlama2cCommand(),
-        new Commands.GenerateCommand(),
-        new Commands.EvalCommand(),
-        new Peft.Host.Commands.PluginsCommand(),
-        new Commands.TrainCommand(),
-        new Commands.MergeCommand(),
-        new Commands.PlanCommand(),
+        new ImportLlama2cCommand(),
+        new GenerateCommand(),
+        new EvalCommand(),
+        new PluginsCommand(),
+        new TrainCommand(),
+        new MergeCommand(),
+        new PlanCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Peft.Host.Training;
+namespace Peft.Host.Model;
 
 /// <summary>
 /// Activation checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost") for one
