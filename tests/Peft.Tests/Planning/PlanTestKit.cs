@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Configuration;
 using Peft.Host.Cli;
+using Peft.Host.Commands;
 using Peft.Host.Planning;
 
 namespace Peft.Tests.Planning;
