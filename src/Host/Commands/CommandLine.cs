@@ -17,6 +17,7 @@ public static class CommandLine
         new TrainCommand(),
         new MergeCommand(),
         new PlanCommand(),
+        new RecommendCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)
