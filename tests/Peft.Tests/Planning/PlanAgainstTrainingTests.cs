@@ -92,7 +92,7 @@ public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputH
     {
         var keys = new Dictionary<string, string?>(Cases.First(c => c.Name == caseName).Keys, StringComparer.OrdinalIgnoreCase);
         var root = new ConfigurationBuilder().AddInMemoryCollection(keys).Build();
-        var training = TrainingConfiguration.Bind(root).Training;
+        var training = Abstractions.Configuration.OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
 
         // the plan, in what peft train does: fp32 trainable state and activations, base dtype from training:base_dtype
         using var catalog = PluginCatalog.LoadForHost(AppContext.BaseDirectory, root);
