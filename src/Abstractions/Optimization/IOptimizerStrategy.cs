@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Configuration;
+using Peft.Abstractions.Model;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -16,6 +17,14 @@ public interface IOptimizerStrategy
     string Description { get; }
 
     IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options);
+
+    /// <summary>
+    /// Build the optimizer knowing the model: strategies that treat parameters by their role (GaLore projects the
+    /// 2-D weights of the attention and MLP slots, <see cref="IPeftModel.LinearSlots"/>) override this. The host's
+    /// composer calls this overload; the default ignores the model.
+    /// </summary>
+    IPeftOptimizer Create(IPeftModel model, IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options)
+        => Create(parameters, settings, options);
 
     /// <summary>
     /// True when this strategy trains the weights of a quantized base itself (Q-GaLore: <c>quantization: int8</c> +

@@ -23,6 +23,18 @@ public interface ITrainingHookFactory
 /// </summary>
 public interface ITrainingHook
 {
+    /// <summary>
+    /// Parameters this hook may switch on that the method left frozen (LISA under LoRA: the full weights of every
+    /// decoder layer, and the embeddings, final norm and head). The composer calls it once, after the method is
+    /// attached and before the optimizer is built, and adds what is not trainable yet to the run's trainable set,
+    /// so the optimizer, checkpoints and <c>base_dtype</c> treat those parameters as trainable; they stay frozen until
+    /// the hook sets <c>requires_grad</c> (from <see cref="OnTrainingStart"/> on). The names are the model's
+    /// (<see cref="IPeftModel.NamedParameters"/>). <paramref name="adapterParameters"/> are the parameters the method
+    /// added (an adapter's; empty under full fine-tuning, where every parameter is trainable already), so a hook can
+    /// tell a layer's own weights from its adapter without parsing names. Default: nothing.
+    /// </summary>
+    IReadOnlyList<(string Name, Parameter Parameter)> DeclareTrainable(IPeftModel model, IReadOnlyList<(string Name, Parameter Parameter)> adapterParameters) => [];
+
     void OnTrainingStart(TrainingContext context) { }
     void OnStepStart(TrainingContext context) { }
     void OnStepEnd(TrainingContext context) { }
@@ -53,4 +65,11 @@ public sealed class TrainingContext
 
     /// <summary>Seed of the run; hooks derive their own deterministic random streams from it and the step.</summary>
     public int Seed { get; init; }
+
+    /// <summary>
+    /// Writes one line to the run's <c>metrics.jsonl</c>: the trainer puts <c>"step"</c> (the 1-based step being run,
+    /// i.e. <see cref="Step"/> + 1) in front of the hook's fields (LISA: <c>{"step": 21, "hook": "lisa", "active_layers": [1, 4]}</c>).
+    /// A no-op outside the trainer.
+    /// </summary>
+    public Action<System.Text.Json.Nodes.JsonObject> Record { get; init; } = _ => { };
 }

@@ -130,13 +130,15 @@ public static class PeftComposer
 
         // 3. hooks
         var hooks = plan.Hooks.Select(h => h.Factory.Create(h.Selection.Section)).ToList();
+        // hooks may train parameters the method froze (LISA + LoRA: the sampled layers' own weights)
+        trainable = HookParameters.Union(model, trainable, adapter?.TrainableParameters ?? [], hooks);
 
         // 4. model preparation: storage dtype of the frozen weights, activation checkpointing
         var training = OptionsBinding.Bind<TrainingOptions>(root.GetSection(TrainingConfiguration.TrainingSection));
         ModelPreparation.Apply(model, trainable, training);
 
         // 5. optimizer strategy over the trainable parameters
-        var optimizer = plan.OptimizerStrategy.Create(trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
+        var optimizer = plan.OptimizerStrategy.Create(model, trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
 
         return new ComposedRun(adapter, plan.MethodName, plan.Quantization?.Name, trainable, optimizer, hooks);
     }

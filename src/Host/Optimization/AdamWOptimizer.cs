@@ -14,8 +14,10 @@ namespace Peft.Host.Optimization;
 ///   v   ← β2·v + (1 − β2)·g²
 ///   p   ← p − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε)     ε outside the square root
 /// </code>
+/// The arithmetic is <see cref="AdamUpdate.AdamWStep"/> (shared with the GaLore plugin).
 /// State (m, v shaped like p, and the step counter t) is created lazily the first time a parameter has a
-/// gradient; a parameter without a gradient is skipped and its counter does not advance.
+/// gradient; a parameter without a gradient, or that does not require grad (a hook froze it), is skipped: no decay,
+/// no update, no state, and its counter does not advance.
 /// <see cref="ReleaseState"/> forgets a parameter's state (LISA), so it restarts at t = 0 when it trains again.
 /// </summary>
 public sealed class AdamWOptimizer : IPeftOptimizer
@@ -76,28 +78,12 @@ public sealed class AdamWOptimizer : IPeftOptimizer
         {
             using var scope = torch.NewDisposeScope();
             var grad = p.grad;
-            if (grad is null) continue;
+            if (grad is null || !p.requires_grad) continue;   // frozen (e.g. by LISA): no update, no state
             var state = GetOrCreateState(name, p);
             state.Step++;
             state.StepTensor.fill_(state.Step);
-            long t = state.Step;
-
-            // p ← p · (1 − lr·λ)
-            if (_weightDecay != 0) p.mul_(1 - learningRate * _weightDecay);
-
-            // m ← lerp(m, g, 1 − β1);  v ← β2·v + (1 − β2)·g²
-            using (var weight = torch.tensor(1 - _beta1, dtype: state.ExpAvg.dtype, device: state.ExpAvg.device))
-                state.ExpAvg.lerp_(grad, weight);
-            state.ExpAvgSq.mul_(_beta2).addcmul_(grad, grad, value: 1 - _beta2);
-
-            double biasCorrection1 = 1 - Math.Pow(_beta1, t);
-            double biasCorrection2 = 1 - Math.Pow(_beta2, t);
-            double stepSize = learningRate / biasCorrection1;
-            double biasCorrection2Sqrt = Math.Sqrt(biasCorrection2);
-
-            // denom = sqrt(v)/sqrt(1 − β2^t) + ε;  p ← p − step_size · m / denom
-            var denom = state.ExpAvgSq.sqrt().div_(biasCorrection2Sqrt).add_(_epsilon);
-            p.addcdiv_(state.ExpAvg, denom, value: -stepSize);
+            // p ← p·(1 − lr·λ); m, v moments; p ← p − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε)
+            AdamUpdate.AdamWStep(p, grad, state.ExpAvg, state.ExpAvgSq, state.Step, learningRate, _weightDecay, _beta1, _beta2, _epsilon);
         }
     }
 

@@ -38,6 +38,10 @@ public sealed record TrainerState
     [JsonPropertyName("elapsed_s")] public double ElapsedSeconds { get; init; }
     [JsonPropertyName("loss")] public double? Loss { get; init; }
     [JsonPropertyName("trainable_parameters")] public IReadOnlyList<string> TrainableParameters { get; init; } = [];
+
+    /// <summary>The training hooks' states (<see cref="HookStates"/>), absent when the run has no hooks.</summary>
+    [JsonPropertyName("hooks"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public System.Text.Json.Nodes.JsonArray? Hooks { get; init; }
 }
 
 /// <summary>

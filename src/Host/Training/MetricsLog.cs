@@ -9,7 +9,8 @@ namespace Peft.Host.Training;
 /// <summary>
 /// <c>metrics.jsonl</c>: one JSON object per line, appended and flushed as the run goes.
 /// Training lines: <c>{"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "epoch"}</c> (loss = mean
-/// over the steps since the previous line); evaluation lines: <c>{"step", "eval_loss", "eval_tokens", "elapsed_s"}</c>.
+/// over the steps since the previous line); evaluation lines: <c>{"step", "eval_loss", "eval_tokens", "elapsed_s"}</c>;
+/// hook lines: <c>{"step", ...}</c> as the hook records them (LISA: <c>"hook": "lisa", "active_layers": [...]</c>).
 /// </summary>
 public sealed class MetricsLog
 {
@@ -42,6 +43,15 @@ public sealed class MetricsLog
 
     public void LogEval(int step, double loss, long tokens, double elapsedSeconds) =>
         Append(new JsonObject { ["step"] = step, ["eval_loss"] = Finite(loss), ["eval_tokens"] = tokens, ["elapsed_s"] = Math.Round(elapsedSeconds, 3) });
+
+    /// <summary>A hook's line (<see cref="Peft.Abstractions.Training.TrainingContext.Record"/>): <c>{"step", ...the hook's fields}</c>.</summary>
+    public void LogEvent(int step, JsonObject fields)
+    {
+        var line = new JsonObject { ["step"] = step };
+        foreach (var (key, value) in fields)
+            if (key != "step") line[key] = value?.DeepClone();
+        Append(line);
+    }
 
     /// <summary>(step, loss) of the training lines and of the evaluation lines, for the loss curve.</summary>
     public static (List<(int Step, double Loss)> Train, List<(int Step, double Loss)> Eval) ReadCurves(string path)

@@ -76,6 +76,7 @@ public static class Trainer
         {
             Model = model, Optimizer = run.Optimizer, TrainableParameters = trainable,
             TotalSteps = totalSteps, Seed = o.Seed, Step = step,
+            Record = fields => metrics.LogEvent(step + 1, fields),
         };
         var trainableTensors = trainable.Select(p => p.Parameter).ToList();
         var steps = new List<StepRecord>();
@@ -106,6 +107,8 @@ public static class Trainer
                 context.Step = step;
                 foreach (var hook in run.Hooks) hook.OnStepStart(context);
                 double lr = schedule.LearningRate(step);
+                if (run.Optimizer is Abstractions.Optimization.IBackwardStepOptimizer layerwise)
+                    layerwise.BeginStep(new Abstractions.Optimization.BackwardStepInfo(lr, o.GradientAccumulationSteps, o.MaxGradNorm));
 
                 var micro = new List<CollatedBatch>(o.GradientAccumulationSteps);
                 for (int a = 0; a < o.GradientAccumulationSteps; a++)
@@ -174,6 +177,7 @@ public static class Trainer
                 FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
                 FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
                 ElapsedSeconds = Math.Round(Elapsed(), 3),
+                Hooks = HookStates.Save(run.Hooks),
             };
             sink.WriteLine(summary.Describe());
             sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
@@ -256,6 +260,7 @@ public static class Trainer
             ElapsedSeconds = Math.Round(elapsedSeconds, 3),
             Loss = loss is { } l && double.IsFinite(l) ? l : null,
             TrainableParameters = run.TrainableParameters.Select(p => p.Name).ToList(),
+            Hooks = HookStates.Save(run.Hooks),
         };
         var trainable = run.TrainableParameters.ToDictionary(p => p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal);
         CheckpointStore.Write(CheckpointStore.PathOf(run.OutputDirectory, step), state, trainable, run.Optimizer.GetState(), run.Output);
@@ -314,6 +319,7 @@ public static class Trainer
         try { rngBytes = Convert.FromBase64String(state.TorchRngState); }
         catch (FormatException) { throw new PeftFormatException($"{Path.Combine(directory, CheckpointStore.StateFile)}: torch_rng_state is not base64"); }
         using (var rng = torch.tensor(rngBytes, dtype: ScalarType.Byte)) torch.set_rng_state(rng);
+        HookStates.Load(run.Hooks, state.Hooks, Path.Combine(directory, CheckpointStore.StateFile));
         return state;
     }
 }

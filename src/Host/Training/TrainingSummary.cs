@@ -30,6 +30,10 @@ public sealed record TrainingSummary
     [JsonPropertyName("final_eval_loss")] public double? FinalEvalLoss { get; init; }
     [JsonPropertyName("elapsed_s")] public double ElapsedSeconds { get; init; }
 
+    /// <summary>The training hooks' final states (LISA: the layers active in each interval), as in checkpoints; absent without hooks.</summary>
+    [JsonPropertyName("hooks"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public System.Text.Json.Nodes.JsonArray? Hooks { get; init; }
+
     public static TrainingSummary Measure(ICausalLanguageModel model, IReadOnlyList<(string Name, Parameter Parameter)> trainable, IPeftOptimizer optimizer)
     {
         long total = 0, weightBytes = 0;

@@ -109,6 +109,32 @@ public class AdamWOptimizerTests
     }
 
     [Fact]
+    public void A_parameter_whose_requires_grad_is_switched_off_is_neither_decayed_nor_updated_nor_given_state()
+    {
+        // LISA switches requires_grad between steps: a frozen parameter keeps its bits and costs no state,
+        // even if a stale gradient is still attached; switched on again it starts at t = 0.
+        var on = Param(1f, 2f);
+        var off = Param(3f, 4f);
+        using var optimizer = new AdamWOptimizer([("on", on), ("off", off)], new OptimizerSettings(0.1, 0.5));
+        off.requires_grad_(false);
+        SetGrad(on, [0.1f, 0.1f]);
+        SetGrad(off, [0.1f, 0.1f]);
+        optimizer.Step(0.1);
+        off.data<float>().ToArray().Should().Equal(3f, 4f);
+        optimizer.StepOf("off").Should().Be(0);
+        optimizer.GetState().Keys.Should().BeEquivalentTo("on.exp_avg", "on.exp_avg_sq", "on.step");
+        optimizer.ZeroGrad();
+        on.grad.Should().BeNull();
+        off.grad.Should().BeNull("zero_grad clears frozen parameters too");
+
+        off.requires_grad_(true);
+        SetGrad(off, [0.1f, 0.1f]);
+        optimizer.Step(0.1);
+        optimizer.StepOf("off").Should().Be(1);
+        optimizer.StepOf("on").Should().Be(1, "no gradient this step");
+    }
+
+    [Fact]
     public void LoadState_names_the_bad_key()
     {
         var p = Param(1f, 2f);

@@ -1,0 +1,65 @@
+using Microsoft.Extensions.Configuration;
+using Peft.Abstractions;
+using Peft.Abstractions.Model;
+using Peft.Abstractions.Optimization;
+using TorchSharp.Modules;
+
+namespace Peft.Plugins.GaLore;
+
+/// <summary>
+/// <c>"optimizer": {"name": "galore", ...}</c>: GaLore on the 2-D weights of the targeted linear slots (default:
+/// every attention and MLP projection, <see cref="LinearSlot.IsDecoderProjection"/>), plain AdamW on every other
+/// trainable parameter. Composes with any trainable set: full fine-tuning (no method), or a quantized base whose
+/// weights train through float proxies (Q-GaLore).
+/// </summary>
+public sealed class GaLoreStrategy : IOptimizerStrategy
+{
+    public const string StrategyName = "galore";
+
+    public string Name => StrategyName;
+
+    public string Description => "GaLore: Adam on SVD-projected low-rank gradients of the attention/MLP weights (official galore_torch semantics), AdamW elsewhere";
+
+    public IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options)
+        => throw new InvalidOperationException("the galore optimizer chooses its targets from the model's linear slots; create it with the model");
+
+    public IPeftOptimizer Create(IPeftModel model, IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options)
+    {
+        var o = GaLoreOptions.FromConfiguration(options);
+        var targets = TargetParameters(model, parameters, o, options is IConfigurationSection s ? s.Path : "optimizer");
+        var optimizer = new GaLoreOptimizer(parameters, targets, settings, o, IGaLoreCompute.For(model.Device));
+        if (!o.Layerwise) return optimizer;
+        return new GaLoreLayerwiseOptimizer(optimizer, model);
+    }
+
+    /// <summary>
+    /// The trainable 2-D parameters that belong to the targeted slots (matched by tensor identity, so whatever the
+    /// slot holds — a dense weight or a quantized layer's float proxy — is found without parsing names).
+    /// </summary>
+    public static IReadOnlyList<string> TargetParameters(IPeftModel model, IReadOnlyList<(string Name, Parameter Parameter)> parameters,
+                                                         GaLoreOptions options, string sectionPath)
+    {
+        IEnumerable<LinearSlot> slots;
+        if (options.TargetModules is { } wanted)
+        {
+            foreach (var w in wanted)
+                if (!model.LinearSlots.Any(slot => slot.ShortName == w || slot.Name == w))
+                    throw new PeftConfigurationException($"{sectionPath}:target_modules", w,
+                        $"matches no linear layer of the model (short names: {string.Join(", ", model.LinearSlots.Select(x => x.ShortName).Distinct())})");
+            slots = model.LinearSlots.Where(slot => wanted.Contains(slot.ShortName) || wanted.Contains(slot.Name));
+        }
+        else slots = model.LinearSlots.Where(slot => slot.IsDecoderProjection);
+
+        var byHandle = new Dictionary<IntPtr, string>();
+        foreach (var (name, p) in parameters) byHandle.TryAdd(p.Handle, name);
+        var targets = new List<string>();
+        foreach (var slot in slots)
+            foreach (var (_, p) in model.GetLinear(slot.Name).Module.named_parameters())
+                if (p.ndim == 2 && byHandle.TryGetValue(p.Handle, out var name) && !targets.Contains(name))
+                    targets.Add(name);
+        if (targets.Count == 0)
+            throw new PeftConfigurationException($"{sectionPath}:name", StrategyName,
+                "finds no trainable 2-D weight in the targeted linear layers (a PEFT method froze them? GaLore trains full weights: use no method or \"full\")");
+        return targets;
+    }
+}
