@@ -19,6 +19,9 @@ public sealed record OptimizerMemoryEstimate(long StateBytes, long ProjectionByt
 
 /// <summary>
 /// What a training hook changes in the plan: how many decoder layers hold gradients and optimizer state at once
-/// (LISA: k of L). Parameters outside the decoder layers (embeddings, final norm, head) are not restricted.
+/// (LISA: k of L). Under a PEFT method, <paramref name="TrainsLayerWeights"/> says the hook also trains the active
+/// layers' own weights (their adapters frozen meanwhile, the other layers' adapters training: LISA + LoRA), and
+/// <paramref name="TrainsOutsideLayers"/> that the parameters outside the decoder layers (embeddings, final norm,
+/// head) train throughout.
 /// </summary>
-public sealed record HookMemoryEstimate(int ActiveDecoderLayers);
+public sealed record HookMemoryEstimate(int ActiveDecoderLayers, bool TrainsLayerWeights = false, bool TrainsOutsideLayers = false);

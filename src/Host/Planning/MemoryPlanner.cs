@@ -115,8 +115,9 @@ public static class MemoryPlanner
                 baseWeightBytes += t.Slot is { } slot && quantized.TryGetValue(slot.Name, out var q) ? q.Codes : t.Elements * s.BaseDtypeBytes;
         }
 
-        // 3. hooks: how many decoder layers train at once
+        // 3. hooks: how many decoder layers train at once, and what else they switch on
         int? activeLayers = null;
+        bool hookLayerWeights = false, hookOutside = false;
         foreach (var h in ComponentSelection.ListFrom(root, "hooks"))
         {
             var plugin = components.Hook(h.Name);
@@ -130,10 +131,36 @@ public static class MemoryPlanner
                 continue;
             }
             activeLayers = Math.Min(activeLayers ?? int.MaxValue, est.ActiveDecoderLayers);
+            hookLayerWeights |= est.TrainsLayerWeights;
+            hookOutside |= est.TrainsOutsideLayers;
             sources.Add($"hook {h.Name}: {how} ({est.ActiveDecoderLayers} of {shape.NumHiddenLayers} decoder layers train at once)");
         }
-        var chosenLayers = ActiveLayers(trainable, activeLayers, shape.NumHiddenLayers);
-        var active = trainable.Where(p => p.LayerIndex is null || chosenLayers.Contains(p.LayerIndex.Value)).ToList();
+        var adapterTensors = trainable;
+        HashSet<int> chosenLayers;
+        List<PlannedParameter> active;
+        if (!full && activeLayers is not null && hookLayerWeights)
+        {
+            // under a method (LISA + LoRA): the layers' own weights (and the outside parameters) join the trainable set;
+            // the active layers train their own weights, the other layers their adapters
+            var own = model.Tensors.Where(t => (t.LayerIndex is not null || hookOutside) && !(t.Slot is { } sl && quantized.ContainsKey(sl.Name)))
+                .Select(t => new PlannedParameter(t.Name, t.Shape, t.LayerIndex, optBytes)).ToList();
+            foreach (var t in own)
+            {
+                baseWeightBytes -= t.Elements * s.BaseDtypeBytes;
+                trainableWeightBytes += t.Elements * s.TrainDtypeBytes;
+            }
+            trainable = adapterTensors.Concat(own).ToList();
+            chosenLayers = ActiveLayers(own, activeLayers, shape.NumHiddenLayers);
+            active = own.Where(p => p.LayerIndex is null || chosenLayers.Contains(p.LayerIndex.Value))
+                .Concat(adapterTensors.Where(p => p.LayerIndex is not { } l || !chosenLayers.Contains(l))).ToList();
+            notes.Add($"{string.Join(", ", ComponentSelection.ListFrom(root, "hooks").Select(h => h.Name))} under a method: the {activeLayers} active layers train their own weights (adapters frozen), the other layers their adapters" +
+                      (hookOutside ? "; embeddings, final norm and head train throughout" : ""));
+        }
+        else
+        {
+            chosenLayers = ActiveLayers(trainable, activeLayers, shape.NumHiddenLayers);
+            active = trainable.Where(p => p.LayerIndex is null || chosenLayers.Contains(p.LayerIndex.Value)).ToList();
+        }
 
         // 4. optimizer
         var optSection = optSel?.Section ?? root.GetSection("optimizer");
@@ -161,6 +188,11 @@ public static class MemoryPlanner
             {
                 bool on = chosenLayers.Contains(l);
                 if (full) { layers.Add(new(on, LayerTraining.NoAdapters)); continue; }
+                if (hookLayerWeights && activeLayers is not null)
+                {
+                    if (on) { layers.Add(new(true, LayerTraining.NoAdapters)); continue; }
+                    on = true; // an inactive layer's adapter trains
+                }
                 var r = new Dictionary<LinearKind, int>();
                 if (on && ranks is not null)
                     foreach (var (name, rank) in ranks)
@@ -168,15 +200,16 @@ public static class MemoryPlanner
                 if (on && ranks is null) r[LinearKind.AttentionQuery] = 0; // an adapter of unknown shape: at least the stream needs a gradient
                 layers.Add(new(false, r, adapterDropout));
             }
-            bool upcast = s.Precision == PlanPrecision.Fp32 && !full && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
-            acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: full, HeadTrains: full,
+            bool upcast = s.Precision == PlanPrecision.Fp32 && !full && !hookLayerWeights && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
+            bool outsideTrains = full || (hookOutside && activeLayers is not null && !full);
+            acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: outsideTrains, HeadTrains: outsideTrains,
                 (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null));
             if (upcast) notes.Add("the frozen base is stored in 16 bits and up-cast per call; autograd keeps each up-cast copy a gradient passes through (counted in activations)");
             if (quantSel is not null) notes.Add("activations do not include dequantized weight copies a quantizer's backward may keep (its plugin's concern)");
         }
 
         if (s.HasMasterCopy) notes.Add("mixed precision: 16-bit trainable weights and gradients, fp32 master copy and fp32 optimizer moments");
-        if (activeLayers is not null && !full) notes.Add("the adapter's gradients and optimizer state exist only for the active layers; the others' adapter weights stay held");
+        if (activeLayers is not null && !full && !hookLayerWeights) notes.Add("the adapter's gradients and optimizer state exist only for the active layers; the others' adapter weights stay held");
 
         return new MemoryPlan
         {
@@ -185,6 +218,7 @@ public static class MemoryPlanner
             Settings = s,
             TotalParameters = model.TotalParameters,
             TrainableParameters = trainable.Sum(p => p.Elements),
+            AddedParameters = full ? 0 : adapterTensors.Sum(p => p.Elements),
             ActiveTrainableParameters = activeElements,
             Bytes = new MemoryComponents
             {

@@ -56,12 +56,12 @@ public static class PlanShorthand
             case "lisa":
                 keys["method:name"] = "full";
                 keys["hooks:0:name"] = "lisa";
-                keys["hooks:0:activated_layers"] = I(k.LisaK);
+                keys["hooks:0:k"] = I(k.LisaK);
                 break;
             case "lisa+lora":
                 Adapter("lora");
                 keys["hooks:0:name"] = "lisa";
-                keys["hooks:0:activated_layers"] = I(k.LisaK);
+                keys["hooks:0:k"] = I(k.LisaK);
                 break;
             default:
                 if (m.Length == 0 || m.Contains('+'))

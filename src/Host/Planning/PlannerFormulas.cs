@@ -131,14 +131,17 @@ public static class PlannerFormulas
         return new OptimizerMemoryEstimate(state, projections, held);
     }
 
-    /// <summary>LISA: <c>activated_layers</c> (LMFlow's lisa_activated_layers, default 2) decoder layers train at once.</summary>
+    /// <summary>LISA: <c>k</c> (LMFlow's lisa_activated_layers, default 2) decoder layers train at once.</summary>
     public static HookMemoryEstimate? Hook(string name, ModelShape shape, IConfiguration o)
     {
         if (!string.Equals(name, "lisa", StringComparison.OrdinalIgnoreCase)) return null;
-        int k = Int(o, "activated_layers", 2);
+        int k = Int(o, "k", 2);
         if (k <= 0 || k > shape.NumHiddenLayers)
-            throw new PeftConfigurationException(Key(o, "activated_layers"), k.ToString(CultureInfo.InvariantCulture), $"must be in [1, {shape.NumHiddenLayers}] (the model's layers)");
-        return new HookMemoryEstimate(k);
+            throw new PeftConfigurationException(Key(o, "k"), k.ToString(CultureInfo.InvariantCulture), $"must be in [1, {shape.NumHiddenLayers}] (the model's layers)");
+        // the lisa plugin: active layers train their own weights (their adapters frozen), the others' adapters train,
+        // and always_trainable (default: everything outside the decoder layers) trains throughout
+        bool outside = !string.Equals(o["always_trainable"], "none", StringComparison.OrdinalIgnoreCase);
+        return new HookMemoryEstimate(k, TrainsLayerWeights: true, TrainsOutsideLayers: outside);
     }
 
     static string Key(IConfiguration o, string key) => o is IConfigurationSection s && s.Path.Length > 0 ? $"{s.Path}:{key}" : key;

@@ -120,12 +120,17 @@ public sealed class MemoryPlannerTests
     }
 
     [Fact]
-    public void Lisa_plus_lora_restricts_the_adapters_gradients_to_k_layers()
+    public void Lisa_plus_lora_trains_k_layers_weights_and_the_other_layers_adapters()
     {
+        // the lisa plugin under LoRA: active layers train their own weights (adapters frozen), the other layers their
+        // adapters, and embeddings, final norm and head throughout
         var p = Plan("llama2-7b", "lisa+lora", new MethodKnobs { Rank = 16, LisaK = 4 });
-        p.TrainableParameters.Should().Be(8_388_608);
-        p.ActiveTrainableParameters.Should().Be(8_388_608 / 32 * 4);
-        p.Bytes.GradientBytes.Should().Be(2L * 8_388_608 / 32 * 4);
+        long layer = 4 * 4096 * 4096L + 3 * 4096 * 11008L + 2 * 4096;   // 202,383,360
+        long outside = 2 * 32000 * 4096L + 4096;                         // 262,148,096
+        long adapterPerLayer = 8_388_608 / 32;                           // 262,144
+        p.TrainableParameters.Should().Be(8_388_608 + 6_738_415_616);
+        p.ActiveTrainableParameters.Should().Be(4 * layer + outside + 28 * adapterPerLayer);
+        p.Bytes.GradientBytes.Should().Be(2 * (4 * layer + outside + 28 * adapterPerLayer));
     }
 
     [Fact]

@@ -36,8 +36,8 @@ public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputH
         ("qlora", new() { ["quantization:name"] = "nf4", ["method:name"] = "lora", ["method:r"] = "4" }),
         ("qlora-dora", new() { ["quantization:name"] = "nf4", ["method:name"] = "dora", ["method:r"] = "4" }),
         ("galore", new() { ["optimizer:name"] = "galore", ["optimizer:rank"] = "8" }),
-        ("lisa", new() { ["hooks:0:name"] = "lisa", ["hooks:0:activated_layers"] = "2" }),
-        ("lisa-lora", new() { ["method:name"] = "lora", ["method:r"] = "4", ["hooks:0:name"] = "lisa", ["hooks:0:activated_layers"] = "2" }),
+        ("lisa", new() { ["hooks:0:name"] = "lisa", ["hooks:0:k"] = "2" }),
+        ("lisa-lora", new() { ["method:name"] = "lora", ["method:r"] = "4", ["hooks:0:name"] = "lisa", ["hooks:0:k"] = "2" }),
     ];
 
     static readonly Lazy<(HashSet<string> Methods, HashSet<string> Quantizers, HashSet<string> Optimizers, HashSet<string> Hooks)> Available = new(() =>
@@ -136,11 +136,12 @@ public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputH
 
         output.WriteLine($"{caseName}: planned activations {plan.Bytes.ActivationBytes:N0} B, measured {activations:N0} B " +
                          $"({100.0 * (activations - plan.Bytes.ActivationBytes) / plan.Bytes.ActivationBytes:+0.0;-0.0}%)");
-        held.TotalParameters.Should().Be(plan.TotalParameters + (plan.TrainableParameters == plan.TotalParameters ? 0 : plan.TrainableParameters));
+        held.TotalParameters.Should().Be(plan.TotalParameters + plan.AddedParameters);
         held.TrainableParameters.Should().Be(plan.TrainableParameters);
         held.WeightBytes.Should().Be(plan.Bytes.BaseWeightBytes + plan.Bytes.TrainableWeightBytes);
         gradients.Should().Be(plan.Bytes.GradientBytes);
-        held.OptimizerStateBytes.Should().Be(plan.Bytes.OptimizerStateBytes);
+        // an optimizer's StateBytes covers everything it holds: GaLore's projectors are part of it
+        held.OptimizerStateBytes.Should().Be(plan.Bytes.OptimizerStateBytes + plan.Bytes.ProjectionBytes);
         if (NativeHeap.Available)
             ((double)activations).Should().BeApproximately(plan.Bytes.ActivationBytes, ActivationTolerance * plan.Bytes.ActivationBytes);
     }
