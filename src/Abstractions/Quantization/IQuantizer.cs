@@ -17,6 +17,13 @@ public interface IQuantizer
     /// <summary>Bits of storage per weight, statistics included (e.g. 4.127 for NF4 with double quantization).</summary>
     double BitsPerParameter(IConfiguration options);
 
+    /// <summary>
+    /// The slots to replace, from the options' <c>target_modules</c> / <c>skip_modules</c> (default: every decoder
+    /// projection, see <see cref="QuantizationTargets"/>). The host replaces each and frees the layer it replaced.
+    /// </summary>
+    IReadOnlyList<LinearSlot> SelectTargets(IReadOnlyList<LinearSlot> slots, IConfiguration options) => QuantizationTargets.Select(slots, options);
+
     /// <summary>A frozen quantized replacement for <paramref name="layer"/>; the caller puts it in the slot.</summary>
+    /// <remarks>The result must not share storage with <paramref name="layer"/>: the caller disposes the replaced layer.</remarks>
     ILinearLayer Quantize(string moduleName, ILinearLayer layer, IConfiguration options);
 }

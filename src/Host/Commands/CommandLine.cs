@@ -44,7 +44,7 @@ public static class CommandLine
             }
             return command.Run(args, context);
         }
-        catch (Exception e) when (e is CliException or PeftFormatException or PeftConfigurationException or Plugins.PluginLoadException or Training.TrainingException)
+        catch (Exception e) when (e is CliException or PeftFormatException or PeftConfigurationException or PeftDataException or Plugins.PluginLoadException or Training.TrainingException)
         {
             context.Error.WriteLine($"peft {verb}: error: {e.Message}");
             return 2;

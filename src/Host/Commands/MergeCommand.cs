@@ -15,7 +15,7 @@ public sealed class MergeCommand : ICliCommand
         "usage: peft merge --model DIR --adapter DIR --out DIR [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
-        "model.safetensors in the base model's dtype, tokenizer.model) that transformers and 'peft eval' load.\n" +
+        "model.safetensors in the base model's dtype, the tokenizer files) that transformers and 'peft eval' load.\n" +
         "The output appears complete or not at all.\n\n" +
         "options:\n" +
         "  --model DIR    the base HF model folder the adapter was trained on\n" +
@@ -42,7 +42,7 @@ public sealed class MergeCommand : ICliCommand
             using (catalog)
             {
                 adapter.MergeAndUnload(safe: true);
-                HfModelFolder.Save(model, outDir, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+                HfModelFolder.Save(model, outDir, tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(modelDir));
             }
         }
         context.Out.WriteLine($"merged {adapterDir} into {modelDir}: {outDir}");

@@ -7,19 +7,17 @@ namespace Peft.Host.Commands;
 /// <summary>Opening the <c>--model DIR</c> folder shared by generate and eval.</summary>
 internal static class ModelFolderArgs
 {
-    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer) Open(string verb, string dir)
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir)
     {
         if (!Directory.Exists(dir)) throw new CliException($"{verb}: option '--model': '{dir}' is not a folder");
-        var tokenizerPath = Path.Combine(dir, HfModelFolder.TokenizerFile);
-        if (!File.Exists(tokenizerPath))
-            throw new CliException($"{verb}: '{dir}' has no {HfModelFolder.TokenizerFile} (the SentencePiece model; import-llama2c writes one)");
-        var tokenizer = SentencePieceTokenizer.Load(tokenizerPath);
+        var config = LlamaConfig.Load(Path.Combine(dir, HfModelFolder.ConfigFile));
+        ITextTokenizer tokenizer;
+        try { tokenizer = TokenizerFolder.Open(dir, config.BosTokenId, config.EosTokenIds); }
+        catch (Formats.PeftFormatException e) when (!File.Exists(Path.Combine(dir, ByteLevelBpeTokenizer.FileName)) && !File.Exists(Path.Combine(dir, TokenizerFolder.SentencePieceFile)))
+        { throw new CliException($"{verb}: {e.Message} (import-llama2c writes a tokenizer.model; HF folders carry tokenizer.json)"); }
+        if (tokenizer.VocabSize > config.VocabSize)
+            throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
         var model = HfModelFolder.Load(dir);
-        if (tokenizer.VocabSize > model.Config.VocabSize)
-        {
-            model.Dispose();
-            throw new CliException($"{verb}: {tokenizerPath} has {tokenizer.VocabSize} tokens but config.json has vocab_size {model.Config.VocabSize}");
-        }
         return (model, tokenizer);
     }
 
@@ -27,7 +25,7 @@ internal static class ModelFolderArgs
     /// <see cref="Open"/>, then the <c>--adapter</c> folder (when given) attached through the loaded plugins.
     /// Dispose the returned plugins handle after the model.
     /// </summary>
-    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
         Microsoft.Extensions.Configuration.IConfiguration plugins)
     {
         var (model, tokenizer) = Open(verb, dir);

@@ -99,10 +99,11 @@ public static class PeftComposer
     public static ComposedRun Compose(CompositionPlan plan, ICausalLanguageModel model, IConfiguration root, OptimizerSettings settings,
                                       string adapterName = "default")
     {
-        // 1. quantizer: every linear but the output head; the replaced layer is freed
+        // 1. quantizer: the slots it selects (default: every decoder projection; target_modules / skip_modules);
+        //    the replaced full-precision layer is freed
         if (plan.Quantizer is { } quantizer)
         {
-            foreach (var slot in model.LinearSlots.Where(s => s.Kind != LinearKind.OutputHead && s.Name != model.OutputHeadName))
+            foreach (var slot in quantizer.SelectTargets(model.LinearSlots, plan.Quantization!.Section))
             {
                 var replaced = model.GetLinear(slot.Name);
                 var quantized = quantizer.Quantize(slot.Name, replaced, plan.Quantization!.Section);
