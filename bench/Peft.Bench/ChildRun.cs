@@ -27,27 +27,20 @@ public static class ChildRun
 
             var progress = new StepClock();
             long rssBefore = ProcessMemory.CurrentRssBytes();
-            TrainingResult result;
-            try
+            // The model was prepared (base dtype, activation checkpointing) by the composer in ComposedWorkload.
+            var result = Trainer.Run(new TrainingRun
             {
-                result = Trainer.Run(new TrainingRun
-                {
-                    Model = model,
-                    TrainableParameters = composed.TrainableParameters,
-                    Optimizer = optimizer,
-                    Hooks = composed.Hooks,
-                    Data = data,
-                    Options = options,
-                    OutputDirectory = outputDir,
-                    Output = new NoOutput(),
-                    Progress = progress,
-                    WriteLossCurve = false,
-                });
-            }
-            catch (PeftConfigurationException e) when (variant.ActivationCheckpointing && e.Key == "training:activation_checkpointing")
-            {
-                return new Measurement { Variant = variant.Name, Skipped = e.Message, Threads = o.Threads, BatchSize = o.BatchSize, SeqLen = o.SeqLen };
-            }
+                Model = model,
+                TrainableParameters = composed.TrainableParameters,
+                Optimizer = optimizer,
+                Hooks = composed.Hooks,
+                Data = data,
+                Options = options,
+                OutputDirectory = outputDir,
+                Output = new NoOutput(),
+                Progress = progress,
+                WriteLossCurve = false,
+            });
             long peak = ProcessMemory.PeakRssBytes();
 
             // Elapsed[i] = trainer clock at the end of step i+1. Timed window: end of the last warm-up step .. end of the last step.

@@ -220,8 +220,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
             yield return "- LoRA and full fine-tuning were not both measured in this run, so there is no ratio.";
         }
         foreach (var group in variants.Where(v => Of(v).Count == 0).GroupBy(v => SkippedReason(v) ?? "not run"))
-            yield return $"- {string.Join(" and ", group.Select(v => $"`{v.Name}`"))} skipped: {group.Key}." +
-                         (group.Any(v => v.ActivationCheckpointing) ? " These variants run automatically (same command) once LlamaForCausalLM implements `IActivationCheckpointing`." : "");
+            yield return $"- {string.Join(" and ", group.Select(v => $"`{v.Name}`"))} skipped: {group.Key}.";
     }
 
     public string RunsJson() => JsonSerializer.Serialize(runs, new JsonSerializerOptions { WriteIndented = false });

@@ -62,7 +62,7 @@ public sealed class ScaleMethod(Fault fault) : IPeftMethod
         _ => throw new ArgumentOutOfRangeException(),
     };
 
-    public string? PeftType => "TEST_SCALE_" + Name.ToUpperInvariant().Replace('-', '_');
+    public string? PeftType => Fault == Fault.None ? "TEST_SCALE" : "TEST_SCALE_" + Name.ToUpperInvariant().Replace("-", "_");
     public string Description => $"test method ({Fault})";
 
     public sealed class ScaleOptions
