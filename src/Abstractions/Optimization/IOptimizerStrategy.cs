@@ -33,6 +33,12 @@ public interface IOptimizerStrategy
     /// plain AdamW). The GaLore issue defines how such a strategy reaches the quantized weights.
     /// </summary>
     bool TrainsQuantizedWeights => false;
+
+    /// <summary>
+    /// For <c>peft plan</c>: the state, projection and gradient memory this strategy would hold for
+    /// <paramref name="parameters"/> (null if unknown; the planner then uses its own formula when it has one).
+    /// </summary>
+    Memory.OptimizerMemoryEstimate? EstimateMemory(IReadOnlyList<Memory.PlannedParameter> parameters, IConfiguration options) => null;
 }
 
 /// <summary>Hyper-parameters every strategy receives from the training loop.</summary>

@@ -12,6 +12,9 @@ public interface ITrainingHookFactory
     string Name { get; }
     string Description { get; }
     ITrainingHook Create(IConfiguration options);
+
+    /// <summary>For <c>peft plan</c>: how the hook limits what trains at once (LISA: k active layers); null if it does not.</summary>
+    Memory.HookMemoryEstimate? EstimateMemory(ModelShape shape, IConfiguration options) => null;
 }
 
 /// <summary>

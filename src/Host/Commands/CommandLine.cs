@@ -16,6 +16,8 @@ public static class CommandLine
         new PluginsCommand(),
         new TrainCommand(),
         new MergeCommand(),
+        new PlanCommand(),
+        new RecommendCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

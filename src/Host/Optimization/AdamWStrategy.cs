@@ -21,6 +21,16 @@ public sealed class AdamWStrategy : IOptimizerStrategy
         return new AdamWOptimizer(parameters, settings);
     }
 
+    /// <summary>
+    /// For <c>peft plan</c>: m and v shaped like each parameter in the optimizer's dtype, plus the 8-byte step
+    /// counter per parameter (what <see cref="AdamWOptimizer.StateBytes"/> reports after a step).
+    /// </summary>
+    public Abstractions.Memory.OptimizerMemoryEstimate? EstimateMemory(IReadOnlyList<Abstractions.Memory.PlannedParameter> parameters, IConfiguration options)
+    {
+        OptionsBinding.Bind<AdamWOptions>(options, "name");
+        return new(parameters.Sum(p => 2 * p.Elements * p.ElementBytes + sizeof(long)));
+    }
+
     /// <summary>No keys of its own: betas, epsilon, weight decay and learning rate come from the <c>training</c> section.</summary>
     public sealed class AdamWOptions;
 }
