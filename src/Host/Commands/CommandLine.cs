@@ -16,6 +16,7 @@ public static class CommandLine
         new PluginsCommand(),
         new TrainCommand(),
         new MergeCommand(),
+        new QuantizeCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

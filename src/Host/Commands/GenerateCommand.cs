@@ -15,7 +15,7 @@ public sealed class GenerateCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--quantize NAME [--block-size N] [--double-quant BOOL]] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
 
         Generates from an HF model folder (config.json, model.safetensors, tokenizer.model) with a KV cache.
         The sequence starts with BOS, then the prompt's tokens. stdout gets ONLY the text, as llama2.c's run
@@ -34,6 +34,10 @@ public sealed class GenerateCommand : ICliCommand
           --top-p P              nucleus sampling mass in (0, 1); 0 or 1 = full distribution (default 0.9)
           --seed S               sampler seed, a positive integer; the same seed gives the same text
                                  (default: from the clock). Same generator and sampler as llama2.c's run.c.
+          --quantize NAME        quantize the base's decoder projections in memory first (nf4, fp4, int8;
+                                 see 'peft plugins'); a folder written by 'peft quantize' loads quantized as it is
+          --block-size N         weights per absmax block for nf4/fp4 (default 64)
+          --double-quant BOOL    also quantize the absmax values (nf4/fp4; default true)
 
         example:
           peft generate --model models/stories260K --temperature 0
@@ -49,6 +53,7 @@ public sealed class GenerateCommand : ICliCommand
         double topP = args.Double("--top-p", 0.9, min: 0, max: 1);
         var seedText = args.Optional("--seed");
         var adapterDir = args.Optional("--adapter");
+        var quantize = QuantizeArgs.Parse(Name, args);
         var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         ulong seed;
@@ -56,7 +61,7 @@ public sealed class GenerateCommand : ICliCommand
         else if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed) || seed == 0)
             throw new CliException($"{Name}: option '--seed' has value '{seedText}': expected a positive integer");
 
-        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig, quantize);
         using (plugins)
         using (model)
         {

@@ -1,4 +1,8 @@
+using System.Text.Json.Nodes;
+using Peft.Abstractions.Quantization;
 using Peft.Host.Cli;
+using Peft.Host.Composition;
+using Peft.Host.Plugins;
 using Peft.Host.Configuration;
 using Peft.Host.Model;
 
@@ -9,19 +13,24 @@ public sealed class MergeCommand : ICliCommand
 {
     public string Name => "merge";
     public string Summary => "fold an adapter into the base model and write a full HF model folder";
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--requantize" };
 
     public string Help =>
-        "usage: peft merge --model DIR --adapter DIR --out DIR [--plugins DIR]...\n\n" +
+        "usage: peft merge --model DIR --adapter DIR --out DIR [--quantize NAME [--block-size N] [--double-quant BOOL]] [--requantize] [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
         "model.safetensors in the base model's dtype, tokenizer.model) that transformers and 'peft eval' load.\n" +
-        "The output appears complete or not at all.\n\n" +
+        "The output appears complete or not at all.\n" +
+        "On a quantized base (--quantize, or a folder written by 'peft quantize'), the base is dequantized and the\n" +
+        "adapter added in fp32: the merged model is full precision. --requantize quantizes the merged weights again\n" +
+        "and writes a quantized folder: smaller, but lossy (see docs/benchmarks.md for the measured loss).\n\n" +
         "options:\n" +
         "  --model DIR    the base HF model folder the adapter was trained on\n" +
         AdapterAttachment.Help + "\n" +
         "  --out DIR      the merged model folder to write (replaced if it exists)\n" +
-        "  --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable)\n\n" +
+        "  --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable)\n" +
+        QuantizeArgs.Help + "\n" +
+        "  --requantize           write the merged model quantized again (needs a quantized base)\n\n" +
         "example:\n" +
         "  peft merge --model out/models/stories260K --adapter out/quickstart/adapter --out out/merged";
 
@@ -31,18 +40,50 @@ public sealed class MergeCommand : ICliCommand
         var adapterDir = args.Required("--adapter");
         var outDir = args.Required("--out");
         var pluginConfig = HostConfiguration.LoadPlugins(args);
+        var quantize = QuantizeArgs.Parse(Name, args);
+        bool requantize = args.Flag("--requantize");
         args.ThrowOnUnused();
         if (Path.GetFullPath(outDir).TrimEnd('/') == Path.GetFullPath(modelDir).TrimEnd('/'))
             throw new CliException($"{Name}: option '--out': '{outDir}' is the base model folder; write the merged model elsewhere");
 
-        var (model, _) = ModelFolderArgs.Open(Name, modelDir);
-        using (model)
+        var quantizedFolder = Directory.Exists(modelDir) ? QuantizedModelFolder.ReadQuantizationConfig(modelDir) : null;
+        if (quantize is null && quantizedFolder is null)
         {
-            var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
-            using (catalog)
+            if (requantize) throw new CliException($"{Name}: flag '--requantize' needs a quantized base (--quantize NAME or a folder written by 'peft quantize')");
+            var (model, _) = ModelFolderArgs.Open(Name, modelDir);
+            using (model)
             {
-                adapter.MergeAndUnload(safe: true);
-                HfModelFolder.Save(model, outDir, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+                var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
+                using (catalog)
+                {
+                    adapter.MergeAndUnload(safe: true);
+                    HfModelFolder.Save(model, outDir, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+                }
+            }
+        }
+        else
+        {
+            if (!Directory.Exists(adapterDir)) throw new CliException($"{Name}: option '--adapter': '{adapterDir}' is not a folder");
+            using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, pluginConfig);
+            var (model, _) = ModelFolderArgs.Open(Name, modelDir, catalog);
+            using (model)
+            {
+                JsonObject? config = quantizedFolder;
+                if (quantize is not null)
+                {
+                    quantize.Apply(Name, catalog, model);
+                    if (requantize)
+                        config = catalog.GetQuantizer(quantize.Name, "--quantize") is IQuantizedCheckpointReader writer
+                            ? writer.QuantizationConfig(quantize.Section, QuantizedModelFolder.FullPrecisionSlots(model))
+                            : throw new CliException($"{Name}: flag '--requantize': quantizer '{quantize.Name}' has no saved layout");
+                }
+                // Default: dequantize the base, then add the adapter in fp32 (a full-precision merged model).
+                if (!requantize) QuantizedModelFolder.Dequantize(model);
+                var adapter = AdapterAttachment.AttachWith(catalog, adapterDir, model);
+                adapter.MergeAndUnload(safe: true);   // on a quantized slot: W' = deq(W) + s·BA, quantized again
+                var tokenizer = Path.Combine(modelDir, HfModelFolder.TokenizerFile);
+                if (requantize) QuantizedModelFolder.Save(model, outDir, config!, tokenizer);
+                else HfModelFolder.Save(model, outDir, tokenizer);
             }
         }
         context.Out.WriteLine($"merged {adapterDir} into {modelDir}: {outDir}");
