@@ -1,4 +1,6 @@
+using Peft.Abstractions;
 using Peft.Abstractions.Optimization;
+using Peft.Abstractions.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -21,13 +23,15 @@ namespace Peft.Plugins.GaLore;
 /// Checkpoint state per parameter: <c>.exp_avg</c>, <c>.exp_avg_sq</c>, <c>.step</c> (0-d int64), and for targeted
 /// weights <c>.projector_left</c> (U_r, m×r) and/or <c>.projector_right</c> (Vh_r, r×n).
 /// </summary>
-public sealed class GaLoreOptimizer : IPeftOptimizer
+public sealed class GaLoreOptimizer : IBackwardStepOptimizer
 {
     public const string ExpAvgSuffix = ".exp_avg";
     public const string ExpAvgSqSuffix = ".exp_avg_sq";
     public const string StepSuffix = ".step";
     public const string ProjectorLeftSuffix = ".projector_left";
     public const string ProjectorRightSuffix = ".projector_right";
+    /// <summary>Prefix of a quantized weight's own tensors in the state: <c>{name}.quantized.weight</c> (int8), <c>.weight_scale</c>.</summary>
+    public const string QuantizedInfix = ".quantized.";
     static readonly string[] Suffixes = [ExpAvgSqSuffix, ExpAvgSuffix, StepSuffix, ProjectorLeftSuffix, ProjectorRightSuffix];
 
     /// <summary>The state of one parameter: moments (projected shape for targets), step counter, projector.</summary>
@@ -57,12 +61,14 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
     readonly OptimizerSettings _settings;
     readonly GaLoreOptions _options;
     readonly IGaLoreCompute _compute;
+    readonly Dictionary<string, ITrainableQuantizedWeight> _quantized;
     bool _disposed;
 
     /// <param name="parameters">Every trainable parameter (unique names).</param>
     /// <param name="targets">Names of the 2-D weights GaLore projects; the others get AdamW.</param>
     public GaLoreOptimizer(IReadOnlyList<(string Name, Parameter Parameter)> parameters, IEnumerable<string> targets,
-                           OptimizerSettings settings, GaLoreOptions options, IGaLoreCompute compute)
+                           OptimizerSettings settings, GaLoreOptions options, IGaLoreCompute compute,
+                           IReadOnlyDictionary<string, ITrainableQuantizedWeight>? quantized = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(settings);
@@ -83,6 +89,24 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
         _settings = settings;
         _options = options;
         _compute = compute;
+        _quantized = new Dictionary<string, ITrainableQuantizedWeight>(quantized ?? new Dictionary<string, ITrainableQuantizedWeight>(), StringComparer.Ordinal);
+        foreach (var (name, q) in _quantized)
+            if (!byName.TryGetValue(name, out var p) || p.Handle != q.GradientProxy.Handle)
+                throw new ArgumentException($"quantized weight '{name}' must be listed with its gradient proxy", nameof(quantized));
+    }
+
+    /// <summary>Weights stored quantized (by parameter name): updated through <see cref="ITrainableQuantizedWeight.ApplyUpdate"/>.</summary>
+    public IReadOnlyDictionary<string, ITrainableQuantizedWeight> QuantizedWeights => _quantized;
+
+    /// <summary>
+    /// Q-GaLore's gradients are not among the host's trainable parameters, so the loop's global-norm clipping would
+    /// miss them: refuse clipping rather than clip part of the gradient.
+    /// </summary>
+    public void BeginStep(BackwardStepInfo step)
+    {
+        if (_quantized.Count > 0 && step.MaxGradNorm > 0)
+            throw new PeftConfigurationException("training:max_grad_norm", step.MaxGradNorm.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                "must be 0 when GaLore trains quantized weights (their gradients are outside the loop's clipping)");
     }
 
     public IReadOnlyList<(string Name, Parameter Parameter)> Parameters => _parameters;
@@ -122,20 +146,29 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
     {
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
+        // a quantized weight is updated on its float32 dequantization, then re-quantized with stochastic rounding
+        var quantized = _quantized.GetValueOrDefault(name);
+        Tensor w = quantized is null ? p : quantized.DenseWeight(ScalarType.Float32);
+        Update(name, w, grad, learningRate);
+        quantized?.ApplyUpdate(w);
+    }
+
+    void Update(string name, Tensor w, Tensor grad, double learningRate)
+    {
         var s = _settings;
         if (!_targets.Contains(name))
         {
-            var plain = GetOrCreate(name, p.shape, p.dtype, p.device, null);
+            var plain = GetOrCreate(name, w.shape, w.dtype, w.device, null);
             plain.Step++;
             plain.StepTensor.fill_(plain.Step);
-            AdamUpdate.AdamWStep(p, grad, plain.ExpAvg, plain.ExpAvgSq, plain.Step, learningRate, s.WeightDecay, s.Beta1, s.Beta2, s.Epsilon);
+            AdamUpdate.AdamWStep(w, grad, plain.ExpAvg, plain.ExpAvgSq, plain.Step, learningRate, s.WeightDecay, s.Beta1, s.Beta2, s.Epsilon);
             return;
         }
 
         var state = _state.GetValueOrDefault(name);
-        var projector = state?.Projector ?? new GaLoreProjector(_options.ProjectionType, p.shape[0], p.shape[1], _options.Rank, _options.UpdateProjGap, _options.Scale, _compute);
+        var projector = state?.Projector ?? new GaLoreProjector(_options.ProjectionType, w.shape[0], w.shape[1], _options.Rank, _options.UpdateProjGap, _options.Scale, _compute);
         var low = projector.Project(grad, state?.Step ?? 0);                        // R: projected shape
-        state ??= GetOrCreate(name, projector.ProjectedShape, ScalarType.Float32, p.device, projector);
+        state ??= GetOrCreate(name, projector.ProjectedShape, ScalarType.Float32, w.device, projector);
         state.Step++;
         state.StepTensor.fill_(state.Step);
         long t = state.Step;
@@ -144,8 +177,8 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
         var normalized = state.ExpAvg / denom;                                     // N = m / (sqrt(v) + ε)
         var update = projector.ProjectBack(normalized);                            // α · back(N), (m, n)
         double stepSize = AdamUpdate.StepSize(learningRate, t, s.Beta1, s.Beta2, AdamEpsilon.BeforeBiasCorrection);
-        p.add_(update.to_type(p.dtype), alpha: -stepSize);
-        AdamUpdate.DecayWeights(p, learningRate, s.WeightDecay);
+        w.add_(update.to_type(w.dtype), alpha: -stepSize);
+        AdamUpdate.DecayWeights(w, learningRate, s.WeightDecay);
     }
 
     ParameterState GetOrCreate(string name, long[] shape, ScalarType dtype, Device device, GaLoreProjector? projector)
@@ -191,6 +224,8 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
             if (s.Projector?.Left is { } left) result[name + ProjectorLeftSuffix] = left;
             if (s.Projector?.Right is { } right) result[name + ProjectorRightSuffix] = right;
         }
+        foreach (var (name, q) in _quantized)
+            foreach (var (key, t) in q.QuantizedState) result[name + QuantizedInfix + key] = t;
         return result;
     }
 
@@ -199,8 +234,11 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
     {
         ArgumentNullException.ThrowIfNull(state);
         var byName = _parameters.ToDictionary(p => p.Name, p => p.Parameter, StringComparer.Ordinal);
+        var quantizedState = _quantized.ToDictionary(kv => kv.Key, _ => new Dictionary<string, Tensor>(StringComparer.Ordinal), StringComparer.Ordinal);
         foreach (var key in state.Keys)
         {
+            var owner = _quantized.Keys.FirstOrDefault(n => key.StartsWith(n + QuantizedInfix, StringComparison.Ordinal));
+            if (owner is not null) { quantizedState[owner][key[(owner.Length + QuantizedInfix.Length)..]] = state[key]; continue; }
             var suffix = Suffixes.FirstOrDefault(x => key.EndsWith(x, StringComparison.Ordinal))
                 ?? throw new ArgumentException($"optimizer state key '{key}' does not end in {string.Join(", ", Suffixes)}");
             var name = key[..^suffix.Length];
@@ -256,6 +294,15 @@ public sealed class GaLoreOptimizer : IPeftOptimizer
                     Projector = projector,
                 };
             }
+        }
+        catch
+        {
+            foreach (var s in loaded.Values) s.Dispose();
+            throw;
+        }
+        try
+        {
+            foreach (var (name, q) in _quantized) q.LoadQuantizedState(quantizedState[name]);
         }
         catch
         {

@@ -2,6 +2,7 @@ using Microsoft.Extensions.Configuration;
 using Peft.Abstractions;
 using Peft.Abstractions.Model;
 using Peft.Abstractions.Optimization;
+using Peft.Abstractions.Quantization;
 using TorchSharp.Modules;
 
 namespace Peft.Plugins.GaLore;
@@ -20,14 +21,24 @@ public sealed class GaLoreStrategy : IOptimizerStrategy
 
     public string Description => "GaLore: Adam on SVD-projected low-rank gradients of the attention/MLP weights (official galore_torch semantics), AdamW elsewhere";
 
+    /// <summary>GaLore trains the weights of a quantized base itself (Q-GaLore: <c>quantization: int8</c>, no method).</summary>
+    public bool TrainsQuantizedWeights => true;
+
     public IPeftOptimizer Create(IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options)
         => throw new InvalidOperationException("the galore optimizer chooses its targets from the model's linear slots; create it with the model");
 
     public IPeftOptimizer Create(IPeftModel model, IReadOnlyList<(string Name, Parameter Parameter)> parameters, OptimizerSettings settings, IConfiguration options)
     {
         var o = GaLoreOptions.FromConfiguration(options);
-        var targets = TargetParameters(model, parameters, o, options is IConfigurationSection s ? s.Path : "optimizer");
-        var optimizer = new GaLoreOptimizer(parameters, targets, settings, o, IGaLoreCompute.For(model.Device));
+        // quantized weights that train (Q-GaLore): their float gradient proxies join the parameters, under the weight's HF name
+        var quantized = new Dictionary<string, ITrainableQuantizedWeight>(StringComparer.Ordinal);
+        foreach (var slot in model.LinearSlots)
+            if (model.GetLinear(slot.Name) is ITrainableQuantizedWeight q)
+                quantized[slot.Name + ".weight"] = q;
+        var all = parameters.Concat(quantized.Select(kv => (kv.Key, kv.Value.GradientProxy))).ToList();
+        foreach (var q in quantized.Values) q.GradientProxy.requires_grad_(true);
+        var targets = TargetParameters(model, all, o, options is IConfigurationSection s ? s.Path : "optimizer");
+        var optimizer = new GaLoreOptimizer(all, targets, settings, o, IGaLoreCompute.For(model.Device), quantized);
         if (!o.Layerwise) return optimizer;
         return new GaLoreLayerwiseOptimizer(optimizer, model);
     }
@@ -54,7 +65,7 @@ public sealed class GaLoreStrategy : IOptimizerStrategy
         foreach (var (name, p) in parameters) byHandle.TryAdd(p.Handle, name);
         var targets = new List<string>();
         foreach (var slot in slots)
-            foreach (var (_, p) in model.GetLinear(slot.Name).Module.named_parameters())
+            foreach (var p in model.GetLinear(slot.Name) is ITrainableQuantizedWeight q ? [q.GradientProxy] : model.GetLinear(slot.Name).Module.named_parameters().Select(np => np.parameter))
                 if (p.ndim == 2 && byHandle.TryGetValue(p.Handle, out var name) && !targets.Contains(name))
                     targets.Add(name);
         if (targets.Count == 0)

@@ -18,5 +18,6 @@ public sealed class QLoraPlugin : IPeftPlugin
     {
         services.AddSingleton<IQuantizer, Nf4Quantizer>();
         services.AddSingleton<IQuantizer, Fp4Quantizer>();
+        services.AddSingleton<IQuantizer, Int8Quantizer>();
     }
 }

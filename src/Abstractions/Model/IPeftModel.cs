@@ -54,7 +54,9 @@ public sealed record ModelShape(
     int IntermediateSize,
     int VocabSize,
     int MaxPositionEmbeddings,
-    bool TieWordEmbeddings)
+    bool TieWordEmbeddings,
+    int? ExplicitHeadDim = null)
 {
-    public int HeadDim => HiddenSize / NumAttentionHeads;
+    /// <summary>Width of one attention head: config.json's <c>head_dim</c> when given (Llama 3.2, Mistral Nemo), else hidden/heads.</summary>
+    public int HeadDim => ExplicitHeadDim ?? HiddenSize / NumAttentionHeads;
 }

@@ -7,7 +7,7 @@ namespace Peft.Abstractions.Optimization;
 public sealed record BackwardStepInfo(double LearningRate, int MicroBatches, double MaxGradNorm);
 
 /// <summary>
-/// An optimizer that updates some parameters DURING the backward pass, as soon as each gradient is ready, and frees
+/// An optimizer that is told about each step before its backward passes: one that updates some parameters DURING the backward pass, as soon as each gradient is ready, and frees
 /// that gradient at once (GaLore's layer-wise mode), so the full set of gradients never exists. The training loop
 /// calls <see cref="BeginStep"/> before the step's forward/backward passes; <see cref="IPeftOptimizer.Step"/>
 /// afterwards updates whatever still holds a gradient. Such parameters have no <c>.grad</c> when the loop clips, so

@@ -19,7 +19,7 @@ public sealed class MergeCommand : ICliCommand
         "usage: peft merge --model DIR --adapter DIR --out DIR [--quantize NAME [--block-size N] [--double-quant BOOL]] [--requantize] [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
-        "model.safetensors in the base model's dtype, tokenizer.model) that transformers and 'peft eval' load.\n" +
+        "model.safetensors in the base model's dtype, the tokenizer files) that transformers and 'peft eval' load.\n" +
         "The output appears complete or not at all.\n" +
         "On a quantized base (--quantize, or a folder written by 'peft quantize'), the base is dequantized and the\n" +
         "adapter added in fp32: the merged model is full precision. --requantize quantizes the merged weights again\n" +
@@ -57,7 +57,7 @@ public sealed class MergeCommand : ICliCommand
                 using (catalog)
                 {
                     adapter.MergeAndUnload(safe: true);
-                    HfModelFolder.Save(model, outDir, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+                    HfModelFolder.Save(model, outDir, tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(modelDir));
                 }
             }
         }
@@ -81,9 +81,9 @@ public sealed class MergeCommand : ICliCommand
                 if (!requantize) QuantizedModelFolder.Dequantize(model);
                 var adapter = AdapterAttachment.AttachWith(catalog, adapterDir, model);
                 adapter.MergeAndUnload(safe: true);   // on a quantized slot: W' = deq(W) + s·BA, quantized again
-                var tokenizer = Path.Combine(modelDir, HfModelFolder.TokenizerFile);
-                if (requantize) QuantizedModelFolder.Save(model, outDir, config!, tokenizer);
-                else HfModelFolder.Save(model, outDir, tokenizer);
+                var tokenizerFiles = Tokenization.TokenizerFolder.FilesIn(modelDir);
+                if (requantize) QuantizedModelFolder.Save(model, outDir, config!, tokenizerFiles);
+                else HfModelFolder.Save(model, outDir, tokenizerFiles: tokenizerFiles);
             }
         }
         context.Out.WriteLine($"merged {adapterDir} into {modelDir}: {outDir}");

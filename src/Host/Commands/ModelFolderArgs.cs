@@ -13,22 +13,20 @@ internal static class ModelFolderArgs
     /// Open the folder. A quantized folder (config.json with quantization_config) is rebuilt through the quantizer
     /// plugin that reads it, so it needs <paramref name="catalog"/>.
     /// </summary>
-    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null)
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null)
     {
         if (!Directory.Exists(dir)) throw new CliException($"{verb}: option '--model': '{dir}' is not a folder");
-        var tokenizerPath = Path.Combine(dir, HfModelFolder.TokenizerFile);
-        if (!File.Exists(tokenizerPath))
-            throw new CliException($"{verb}: '{dir}' has no {HfModelFolder.TokenizerFile} (the SentencePiece model; import-llama2c writes one)");
-        var tokenizer = SentencePieceTokenizer.Load(tokenizerPath);
+        var config = LlamaConfig.Load(Path.Combine(dir, HfModelFolder.ConfigFile));
+        ITextTokenizer tokenizer;
+        try { tokenizer = TokenizerFolder.Open(dir, config.BosTokenId, config.EosTokenIds); }
+        catch (Formats.PeftFormatException e) when (!File.Exists(Path.Combine(dir, ByteLevelBpeTokenizer.FileName)) && !File.Exists(Path.Combine(dir, TokenizerFolder.SentencePieceFile)))
+        { throw new CliException($"{verb}: {e.Message} (import-llama2c writes a tokenizer.model; HF folders carry tokenizer.json)"); }
+        if (tokenizer.VocabSize > config.VocabSize)
+            throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
         LlamaForCausalLM model;
         if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null) model = HfModelFolder.Load(dir);
         else if (catalog is null) throw new CliException($"{verb}: '{dir}' is a quantized model folder; loading it needs the quantizer plugins");
         else model = QuantizedModelFolder.Load(dir, catalog);
-        if (tokenizer.VocabSize > model.Config.VocabSize)
-        {
-            model.Dispose();
-            throw new CliException($"{verb}: {tokenizerPath} has {tokenizer.VocabSize} tokens but config.json has vocab_size {model.Config.VocabSize}");
-        }
         return (model, tokenizer);
     }
 
@@ -36,7 +34,7 @@ internal static class ModelFolderArgs
     /// <see cref="Open"/> (a quantized folder through the plugins), then <c>--quantize</c> (when given) and the
     /// <c>--adapter</c> folder (when given) through the loaded plugins. Dispose the returned plugins handle after the model.
     /// </summary>
-    public static (LlamaForCausalLM Model, SentencePieceTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
         Microsoft.Extensions.Configuration.IConfiguration plugins, QuantizeArgs? quantize = null)
     {
         if (adapterDir is not null && !Directory.Exists(adapterDir)) throw new CliException($"{verb}: option '--adapter': '{adapterDir}' is not a folder");

@@ -72,7 +72,7 @@ public sealed class QuantizeCommand : ICliCommand
             PeftComposer.ApplyQuantization(quantizer, section, model);
             var quantized = model.LinearSlots.Where(s => model.GetLinear(s.Name) is IQuantizedLinear).ToList();
             var config = writer.QuantizationConfig(section, QuantizedModelFolder.FullPrecisionSlots(model));
-            QuantizedModelFolder.Save(model, outDir, config, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+            QuantizedModelFolder.Save(model, outDir, config, Tokenization.TokenizerFolder.FilesIn(modelDir));
             long weights = quantized.Sum(s => s.Parameters);
             context.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"quantized {quantized.Count} linear layers ({weights:N0} weights) to {quantizer.Name} ({quantizer.BitsPerParameter(section):0.###} bits per weight): {outDir}"));

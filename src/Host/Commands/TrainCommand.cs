@@ -33,7 +33,9 @@ public sealed class TrainCommand : ICliCommand
         "                checkpoint_every, keep_last_checkpoints, base_dtype, activation_checkpointing, log_every,\n" +
         "                num_threads (LibTorch CPU threads; 0 = default)\n" +
         "  output        dir: receives adapter/ (PEFT methods) or model/ (full fine-tuning), checkpoints/,\n" +
-        "                metrics.jsonl, loss_curve.png, training_summary.json\n\n" +
+        "                metrics.jsonl, loss_curve.png, training_summary.json;\n" +
+        "                merge_adapter (true: one merged model/ instead of adapter/; a hook that trains base\n" +
+        "                weights, e.g. lisa with lora, adds model/ with the trained base next to adapter/)\n\n" +
         "options:\n" +
         HostConfiguration.OptionsHelp + "\n" +
         "  --resume DIR|latest        continue from a checkpoint folder, or the newest in output:dir/checkpoints\n\n" +
@@ -73,9 +75,7 @@ public sealed class TrainCommand : ICliCommand
             var composed = PeftComposer.Compose(plan, model, root, cfg.Training.ToOptimizerSettings());
             using var optimizer = composed.Optimizer;
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
-            ITrainingOutput output = composed.Adapter is not null
-                ? new AdapterOutput(composed.Adapter, Path.GetFullPath(modelDir))
-                : new HfModelOutput(model, Path.Combine(modelDir, HfModelFolder.TokenizerFile));
+            var (output, outputs) = TrainedBaseOutput.For(composed, model, modelDir, cfg.Output.MergeAdapter);
 
             context.Out.WriteLine($"method {composed.MethodName}" +
                                   (composed.QuantizerName is null ? "" : $" on a {composed.QuantizerName} base") +
@@ -106,9 +106,7 @@ public sealed class TrainCommand : ICliCommand
                     Progress = ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
                 }, cancel.Token);
                 if (!result.Interrupted)
-                    context.Out.WriteLine(composed.Adapter is not null
-                        ? $"adapter: {Path.Combine(outputDir, AdapterOutput.Folder)}"
-                        : $"model: {Path.Combine(outputDir, HfModelOutput.Folder)}");
+                    context.Out.WriteLine($"{outputs} in {outputDir}");
                 return result.Interrupted ? 130 : 0;
             }
             finally

@@ -146,7 +146,7 @@ public static class QuantizedModelFolder
     /// Write <paramref name="model"/> with its quantized slots as they are held (<see cref="IQuantizedLinear.CheckpointTensors"/>)
     /// and <paramref name="quantizationConfig"/> in config.json; every other tensor in fp32. Atomic, like <see cref="HfModelFolder.Write"/>.
     /// </summary>
-    public static void Save(LlamaForCausalLM model, string dir, JsonObject quantizationConfig, string? tokenizerModelPath = null)
+    public static void Save(LlamaForCausalLM model, string dir, JsonObject quantizationConfig, IReadOnlyList<string>? tokenizerFiles = null)
     {
         var tensors = HfModelFolder.StateDict(model);
         try
@@ -165,7 +165,7 @@ public static class QuantizedModelFolder
             var json = JsonNode.Parse(model.Config.ToJson(HfModelFolder.DtypeName(model.StorageDtype)))!.AsObject();
             json[ConfigKey] = quantizationConfig.DeepClone();
             var config = LlamaConfig.FromJson(json.ToJsonString(), Path.Combine(dir, HfModelFolder.ConfigFile));
-            HfModelFolder.Write(dir, config, HfModelFolder.DtypeName(model.StorageDtype), tensors, tokenizerModelPath);
+            HfModelFolder.Write(dir, config, HfModelFolder.DtypeName(model.StorageDtype), tensors, tokenizerFiles: tokenizerFiles);
         }
         finally
         {

@@ -17,9 +17,12 @@ public sealed class AdapterOutput(IAdapter adapter, string baseModelPath) : ITra
 }
 
 /// <summary>Full fine-tuning's result: a complete HF model folder (<c>model/</c>: config.json, model.safetensors, tokenizer.model) transformers can load.</summary>
+/// <remarks><paramref name="tokenizerPath"/>: a file of the base model's folder; every tokenizer file of that folder is copied.</remarks>
 public sealed class HfModelOutput(LlamaForCausalLM model, string tokenizerPath) : ITrainingOutput
 {
     public const string Folder = "model";
 
-    public void WriteFinal(string directory) => HfModelFolder.Save(model, Path.Combine(directory, Folder), tokenizerPath);
+    public void WriteFinal(string directory) =>
+        HfModelFolder.Save(model, Path.Combine(directory, Folder),
+                           tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!));
 }

@@ -147,17 +147,18 @@ public static class HfModelFolder
     /// Write <paramref name="model"/> as an HF folder, atomically: config.json (torch_dtype = the storage dtype),
     /// the weights in the storage dtype (metadata {"format": "pt"}), one file or shards of at most
     /// <paramref name="maxShardBytes"/> (a tensor larger than that gets a shard of its own) plus the index, and a
-    /// copy of <paramref name="tokenizerModelPath"/> as tokenizer.model. Each linear slot is written as its
+    /// copy of <paramref name="tokenizerModelPath"/> as tokenizer.model and of each of <paramref name="tokenizerFiles"/> under its own name. Each linear slot is written as its
     /// effective dense weight (<see cref="ILinearLayer.DenseWeight"/>: a quantized layer is dequantized, an
     /// attached adapter contributes what its DenseWeight includes), under <c>{slot}.weight</c>. With tied
     /// embeddings the head is not written: it is <c>model.embed_tokens.weight</c>.
     /// </summary>
-    public static void Save(LlamaForCausalLM model, string dir, string? tokenizerModelPath = null, long? maxShardBytes = null)
+    public static void Save(LlamaForCausalLM model, string dir, string? tokenizerModelPath = null, long? maxShardBytes = null,
+                            IReadOnlyList<string>? tokenizerFiles = null)
     {
         var tensors = StateDict(model);
         try
         {
-            Write(dir, model.Config, DtypeName(model.StorageDtype), tensors, tokenizerModelPath, maxShardBytes);
+            Write(dir, model.Config, DtypeName(model.StorageDtype), tensors, tokenizerModelPath, maxShardBytes, tokenizerFiles);
         }
         finally
         {
@@ -200,7 +201,7 @@ public static class HfModelFolder
 
     /// <summary>Write a folder from tensors already named as HF names them (shared by <see cref="Save"/> and the importers).</summary>
     public static void Write(string dir, LlamaConfig config, string torchDtype, IReadOnlyList<(string Name, Tensor Tensor)> tensors,
-                             string? tokenizerModelPath = null, long? maxShardBytes = null)
+                             string? tokenizerModelPath = null, long? maxShardBytes = null, IReadOnlyList<string>? tokenizerFiles = null)
     {
         if (maxShardBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive");
         if (tokenizerModelPath is not null && !File.Exists(tokenizerModelPath))
@@ -250,6 +251,9 @@ public static class HfModelFolder
             }
             // Copy the bytes (not the file, whose read-only mode would come along).
             if (tokenizerModelPath is not null) File.WriteAllBytes(Path.Combine(tmp, TokenizerFile), File.ReadAllBytes(tokenizerModelPath));
+            // Tokenizer files of the source folder (tokenizer.json, tokenizer_config.json...), kept under their names.
+            foreach (var file in tokenizerFiles ?? [])
+                File.WriteAllBytes(Path.Combine(tmp, Path.GetFileName(file)), File.ReadAllBytes(file));
         });
     }
 

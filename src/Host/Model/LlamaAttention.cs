@@ -17,6 +17,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionInputs, Tensor>,
     static readonly string[] SlotNames = ["q_proj", "k_proj", "v_proj", "o_proj"];
     readonly Dictionary<string, ILinearLayer> _slots = new(StringComparer.Ordinal);
     readonly int _layerIndex, _heads, _kvHeads, _headDim;
+    readonly int? _window;
 
     public LlamaAttention(LlamaConfig config, int layerIndex, ScalarType storageDtype, Device device) : base(nameof(LlamaAttention))
     {
@@ -24,12 +25,14 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionInputs, Tensor>,
         _heads = config.NumAttentionHeads;
         _kvHeads = config.NumKeyValueHeads;
         _headDim = config.HeadDim;
-        long d = config.HiddenSize, kv = config.KeyValueDim;
-        bool bias = config.AttentionBias;
-        _slots["q_proj"] = new BaseLinear(d, d, bias, storageDtype, device);
-        _slots["k_proj"] = new BaseLinear(d, kv, bias, storageDtype, device);
-        _slots["v_proj"] = new BaseLinear(d, kv, bias, storageDtype, device);
-        _slots["o_proj"] = new BaseLinear(d, d, bias, storageDtype, device);
+        _window = config.SlidingWindow;
+        // q_proj (D -> H*d) and o_proj (H*d -> D): H*d differs from D when config.json gives head_dim (Llama 3.2 3B...).
+        long d = config.HiddenSize, q = config.QueryDim, kv = config.KeyValueDim;
+        bool qkvBias = config.AttentionBias || config.QkvBias, outBias = config.AttentionBias; // Qwen2: q/k/v only
+        _slots["q_proj"] = new BaseLinear(d, q, qkvBias, storageDtype, device);
+        _slots["k_proj"] = new BaseLinear(d, kv, qkvBias, storageDtype, device);
+        _slots["v_proj"] = new BaseLinear(d, kv, qkvBias, storageDtype, device);
+        _slots["o_proj"] = new BaseLinear(q, d, outBias, storageDtype, device);
         RegisterSlots();
         RegisterComponents();
     }
@@ -75,7 +78,17 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionInputs, Tensor>,
 
         long s = k.shape[2];
         Tensor attended;
-        if (s == t)
+        if (_window is int w && s > w)
+        {
+            // Sliding window (Mistral): query at position p sees keys p-w+1 .. p.
+            long start = s - t;
+            var queryPos = torch.arange(start, s, device: x.device).unsqueeze(1);  // (T, 1)
+            var keyPos = torch.arange(0, s, device: x.device).unsqueeze(0);        // (1, S)
+            var allowed = keyPos.le(queryPos).logical_and(keyPos.gt(queryPos - w)); // (T, S) bool
+            var mask = torch.zeros(t, s, q.dtype, x.device).masked_fill_(allowed.logical_not(), double.NegativeInfinity);
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
+        }
+        else if (s == t)
         {
             // Whole sequence (or a first chunk): plain causal mask.
             attended = nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true);

@@ -23,7 +23,7 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i, storageDtype, device)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, storageDtype, device);
-        _rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta);
+        _rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta, config.RopeScaling);
         RegisterComponents();
     }
 

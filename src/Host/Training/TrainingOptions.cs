@@ -110,6 +110,13 @@ public sealed class OutputOptions : IValidatableOptions
     /// <summary>Folder that receives the result, metrics.jsonl, loss_curve.png, training_summary.json and checkpoints/. Required.</summary>
     [ConfigurationKeyName("dir")] public string? Dir { get; set; }
 
+    /// <summary>
+    /// With a PEFT method: write one HF model folder <c>model/</c> with the adapter merged into the weights instead of
+    /// <c>adapter/</c>. When a hook trained base weights (LISA + LoRA) and this is false, <c>model/</c> holds the trained
+    /// base and <c>adapter/</c> the adapter on top of it.
+    /// </summary>
+    [ConfigurationKeyName("merge_adapter")] public bool MergeAdapter { get; set; }
+
     public IEnumerable<(string Key, object? Value, string Problem)> Validate()
     {
         if (string.IsNullOrWhiteSpace(Dir)) yield return ("dir", Dir, "is required: the folder that receives the trained weights, metrics and checkpoints");

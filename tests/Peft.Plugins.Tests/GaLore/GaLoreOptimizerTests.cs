@@ -10,6 +10,7 @@ using static TorchSharp.torch;
 
 namespace Peft.Plugins.Tests.GaLore;
 
+[Collection(Peft.Plugins.Tests.QLora.QLoraSerialCollection.Name)]   // FakeLlamaModel draws from torch's global generator
 public class GaLoreOptimizerTests
 {
     static GaLoreOptions Options(string projType = "std", int rank = 3, int gap = 200, double scale = 0.25) =>

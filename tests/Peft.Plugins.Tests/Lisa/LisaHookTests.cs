@@ -10,6 +10,14 @@ using TorchSharp.Modules;
 
 namespace Peft.Plugins.Tests.Lisa;
 
+/// <summary>The fake model draws its weights from torch's global generator: run alone, so tests that check that generator's sequence are not perturbed.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class LisaSerialCollection
+{
+    public const string Name = "LISA (serial)";
+}
+
+[Collection(LisaSerialCollection.Name)]
 public sealed class LisaHookTests
 {
     static IConfigurationSection Entry(params (string Key, string Value)[] pairs)

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Configuration;
 using Peft.Abstractions.Optimization;
+using Peft.Abstractions.Quantization;
 using Peft.Abstractions.Training;
 using Peft.Host.Composition;
 using Peft.Host.Data;
@@ -38,11 +39,15 @@ public sealed class GaLoreTrainingOnLlamaTests(Stories260KFixture fx)
         public void Dispose() { Run.Optimizer.Dispose(); Model.Dispose(); Catalog.Dispose(); }
     }
 
-    Composed Compose(params (string, string)[] optimizer)
+    Composed Compose(params (string, string)[] optimizer) => Compose(false, optimizer);
+
+    Composed Compose(bool int8, params (string, string)[] optimizer)
     {
         var model = HfModelFolder.Load(fx.ModelDir);
         var catalog = PluginCatalog.LoadForHost(AppContext.BaseDirectory, new ConfigurationBuilder().Build());
-        var root = Config(optimizer.Select(p => ("optimizer:" + p.Item1, p.Item2)).Prepend(("optimizer:name", "galore")).ToArray());
+        var pairs = optimizer.Select(p => ("optimizer:" + p.Item1, p.Item2)).Prepend(("optimizer:name", "galore"));
+        if (int8) pairs = pairs.Append(("quantization:name", "int8"));
+        var root = Config(pairs.ToArray());
         var run = PeftComposer.Compose(catalog, model, root, Options(1).ToOptimizerSettings());
         return new Composed(model, run, catalog);
     }
@@ -140,5 +145,71 @@ public sealed class GaLoreTrainingOnLlamaTests(Stories260KFixture fx)
 
         var bad = () => Train(layerwise, data, Options(4, x => x.MaxGradNorm = 1.0), fx.NewDir("clip"));
         bad.Should().Throw<Peft.Abstractions.PeftConfigurationException>().WithMessage("*training:max_grad_norm*layerwise*");
+    }
+
+    static Dictionary<string, byte[]> Int8Codes(LlamaForCausalLM model) => model.LinearSlots
+        .Where(s => model.GetLinear(s.Name) is ITrainableQuantizedWeight)
+        .ToDictionary(s => s.Name, s => ((ITrainableQuantizedWeight)model.GetLinear(s.Name)).QuantizedState["weight"].bytes.ToArray());
+
+    [Fact]
+    public void Int8_GaLore_lowers_the_loss_keeps_int8_weights_between_steps_and_writes_a_dequantized_HF_folder()
+    {
+        using var c = Compose(true, ("rank", "8"), ("update_proj_gap", "4"));
+        c.Run.QuantizerName.Should().Be("int8");
+        var slots = c.Model.LinearSlots.Where(s => s.IsDecoderProjection).ToList();
+        slots.Should().OnlyContain(s => c.Model.GetLinear(s.Name) is ITrainableQuantizedWeight);
+        c.Run.TrainableParameters.Should().OnlyContain(p => p.Parameter.is_floating_point() && !p.Name.Contains("_proj"), "embeddings and norms train as floats");
+        var data = Data(3);
+        var (before, _) = Trainer.Evaluate(c.Model, data.Validation, 4, 3, data.PadId);
+        var codes0 = Int8Codes(c.Model);
+
+        var checks = new List<bool>();
+        var probe = new CallbackHook(onStepEnd: _ => checks.Add(slots.All(s =>
+            ((ITrainableQuantizedWeight)c.Model.GetLinear(s.Name)).QuantizedState["weight"].dtype == ScalarType.Int8)));
+        var dir = fx.NewDir("int8");
+        Train(c, data, Options(12, o => o.MaxGradNorm = 0), dir, probe);
+        checks.Should().HaveCount(12).And.OnlyContain(x => x, "the weights are INT8 after every step");
+        var (after, _) = Trainer.Evaluate(c.Model, data.Validation, 4, 3, data.PadId);
+        after.Should().BeLessThan(before - 0.05, $"held-out loss {before:0.0000} -> {after:0.0000}");
+        var codes = Int8Codes(c.Model);
+        codes.Count(kv => !kv.Value.SequenceEqual(codes0[kv.Key])).Should().Be(codes.Count, "every INT8 weight was updated");
+
+        // a full HF folder, dequantized, that loads as a plain model with the same loss
+        var folder = Path.Combine(dir, "hf");
+        HfModelFolder.Save(c.Model, folder);
+        using var reloaded = HfModelFolder.Load(folder);
+        var (reloadedLoss, _) = Trainer.Evaluate(reloaded, data.Validation, 4, 3, data.PadId);
+        reloadedLoss.Should().BeApproximately(after, 1e-4);
+
+        var clip = () => Train(c, data, Options(14, o => o.MaxGradNorm = 1.0), fx.NewDir("int8clip"));
+        clip.Should().Throw<Peft.Abstractions.PeftConfigurationException>().WithMessage("*training:max_grad_norm*quantized*");
+    }
+
+    [Fact]
+    public void A_resumed_int8_GaLore_run_equals_the_uninterrupted_run_bit_for_bit()
+    {
+        (string, string)[] galore = [("rank", "4"), ("update_proj_gap", "3")];
+        var data = Data(3);
+        TrainingOptions Make() => Options(6, o => { o.CheckpointEvery = 2; o.MaxGradNorm = 0; });
+        using var whole = Compose(true, galore);
+        var uninterrupted = Train(whole, data, Make(), fx.NewDir("int8whole"));
+
+        var dir = fx.NewDir("int8split");
+        using var cancel = new CancellationTokenSource();
+        using (var first = Compose(true, galore))
+        {
+            var stop = new CallbackHook(onStepEnd: ctx => { if (ctx.Step == 2) cancel.Cancel(); });   // after step 3: mid-gap
+            Train(first, data, Make(), dir, stop, cancel.Token).FinalStep.Should().Be(3);
+        }
+        using var second = Compose(true, galore);
+        var o = Make();
+        o.Resume = "latest";
+        var resumed = Train(second, data, o, dir);
+        resumed.StartStep.Should().Be(3);
+        resumed.Steps.Select(s => s.Loss).Should().Equal(uninterrupted.Steps.Skip(3).Select(s => s.Loss));
+        var a = Weights(whole.Model);
+        foreach (var (name, bytes) in Weights(second.Model)) bytes.Should().Equal(a[name], name);
+        var codes = Int8Codes(whole.Model);
+        foreach (var (name, bytes) in Int8Codes(second.Model)) bytes.Should().Equal(codes[name], name);
     }
 }

@@ -73,7 +73,7 @@ public sealed class LisaTrainingTests(Stories260KFixture fx)
     /// Runs after the lisa hook: at the start of each interval it copies every parameter; at its end it lists the
     /// parameters that changed and the optimizer state held, read from the tensors the optimizer returns.
     /// </summary>
-    sealed class IntervalProbe(IReadOnlyList<(string Name, Parameter Parameter)> all) : ITrainingHook
+    sealed class IntervalProbe(IReadOnlyList<(string Name, Parameter Parameter)> all, ITrainingHook lisa) : ITrainingHook
     {
         Dictionary<string, byte[]>? _start;
         public List<(int[] Active, HashSet<string> Changed, long StateBytes, HashSet<string> WithState)> Intervals { get; } = new();
@@ -82,12 +82,9 @@ public sealed class LisaTrainingTests(Stories260KFixture fx)
         public void OnStepStart(TrainingContext context)
         {
             if (context.Step % Interval != 0) return;
-            _active = LayersWithGrad(context);
+            _active = lisa.SaveState()!["active_layers"]!.AsArray().Select(n => n!.GetValue<int>()).ToArray();
             _start = all.ToDictionary(p => p.Name, p => p.Parameter.bytes.ToArray());
         }
-
-        int[] LayersWithGrad(TrainingContext context) => all.Where(p => p.Parameter.requires_grad)
-            .Select(p => context.Model.LayerIndexOf(p.Name)).OfType<int>().Distinct().Order().ToArray();
 
         public void OnStepEnd(TrainingContext context)
         {
@@ -111,7 +108,7 @@ public sealed class LisaTrainingTests(Stories260KFixture fx)
         var data = Data(o.Seed);
         var (lossBefore, _) = Trainer.Evaluate(model, data.Validation, 4, 4, data.PadId);
 
-        var probe = new IntervalProbe(c.Run.TrainableParameters);
+        var probe = new IntervalProbe(c.Run.TrainableParameters, c.Run.Hooks[0]);
         var outDir = fx.NewDir("lisa");
         var result = Trainer.Run(Run(c, data, o, outDir, probe));
         var (lossAfter, _) = Trainer.Evaluate(model, data.Validation, 4, 4, data.PadId);
@@ -146,6 +143,44 @@ public sealed class LisaTrainingTests(Stories260KFixture fx)
         var intervals = result.Summary.Hooks![0]!["state"]!["intervals"]!.AsArray();
         intervals.Select(n => string.Join(",", n!["layers"]!.AsArray().Select(x => x!.GetValue<int>())))
             .Should().Equal(probe.Intervals.Select(i => string.Join(",", i.Active)));
+    }
+
+    [Fact]
+    public void Lisa_with_lora_trains_the_sampled_layers_weights_and_the_other_layers_adapters()
+    {
+        var o = Options(6 * Interval, o => o.LearningRate = 2e-3);
+        using var c = Compose(o, [.. Lora, .. Lisa]);
+        var model = c.Model;
+        bool IsAdapter(string name) => name.Contains(".lora_");
+        var adapterCount = c.Run.Adapter!.TrainableParameters.Count;
+        adapterCount.Should().Be(5 * 3 * 2);
+        // the composer added what the hook declared: every decoder layer's own weights, the embedding and the final norm
+        c.Run.TrainableParameters.Take(adapterCount).Select(p => p.Name).Should().Equal(c.Run.Adapter.TrainableParameters.Select(p => p.Name));
+        var own = c.Run.TrainableParameters.Skip(adapterCount).Select(p => p.Name).ToList();
+        own.Should().Contain(["model.layers.0.self_attn.q_proj.base_layer.weight", "model.layers.4.self_attn.k_proj.weight",
+                              "model.layers.2.input_layernorm.weight", "model.embed_tokens.weight", "model.norm.weight"]);
+        own.Should().HaveCount(5 * (7 + 2) + 2);
+        own.Where(IsAdapter).Should().BeEmpty();
+
+        var data = Data(o.Seed);
+        var (lossBefore, _) = Trainer.Evaluate(model, data.Validation, 4, 4, data.PadId);
+        var probe = new IntervalProbe(c.Run.TrainableParameters, c.Run.Hooks[0]);
+        Trainer.Run(Run(c, data, o, fx.NewDir("lisa-lora"), probe));
+        var (lossAfter, _) = Trainer.Evaluate(model, data.Validation, 4, 4, data.PadId);
+        lossAfter.Should().BeLessThan(lossBefore - 0.05, "LISA + LoRA lowers the held-out loss");
+
+        probe.Intervals.Should().HaveCount(6);
+        foreach (var (active, changed, _, withState) in probe.Intervals)
+        {
+            // sampled layer: own weights train, adapter frozen; other layers: adapter trains, own weights frozen
+            var expected = c.Run.TrainableParameters.Select(p => p.Name).Where(n => model.LayerIndexOf(n) switch
+            {
+                null => true,
+                int l => active.Contains(l) != IsAdapter(n),
+            }).ToHashSet();
+            changed.Should().BeEquivalentTo(expected, $"interval of layers [{string.Join(", ", active)}]");
+            withState.Should().BeEquivalentTo(expected, "state only for what trains in this interval");
+        }
     }
 
     [Fact]

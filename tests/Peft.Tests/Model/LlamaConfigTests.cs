@@ -75,10 +75,11 @@ public sealed class LlamaConfigTests
     [InlineData("\"rms_norm_eps\": 0", "*'rms_norm_eps'*0*positive*")]
     [InlineData("\"hidden_act\": \"gelu\"", "*'hidden_act'*'gelu'*only 'silu'*")]
     [InlineData("\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}", "*'rope_scaling'*linear*not supported*")]
-    [InlineData("\"model_type\": \"mistral\"", "*'model_type'*mistral*")]
+    [InlineData("\"model_type\": \"gpt2\"", "*'model_type'*model type 'gpt2' is not supported*")]
+    [InlineData("\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "*'rope_scaling'*type 'yarn' is not supported*")]
+    [InlineData("\"head_dim\": 7", "*'head_dim'*7*odd*")]
     [InlineData("\"tie_word_embeddings\": \"yes\"", "*'tie_word_embeddings'*yes*true or false*")]
     [InlineData("\"eos_token_id\": 600", "*'eos_token_id'*600*vocab_size 512*")]
-    [InlineData("\"head_dim\": 16", "*'head_dim'*16*")]
     public void Invalid_values_are_rejected_naming_the_file_key_and_value(string entry, string message)
     {
         // A valid config with one entry overridden.
