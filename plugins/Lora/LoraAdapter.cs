@@ -9,22 +9,31 @@ using static TorchSharp.torch;
 namespace Peft.Plugins.Lora;
 
 /// <summary>
-/// One named LoRA adapter on a model: the <see cref="LoraLinear"/> layers that carry it, its options, and the
-/// HF PEFT state-dict view (<c>model.layers.0.self_attn.q_proj.lora_A.weight</c> (r, in) and
-/// <c>...lora_B.weight</c> (out, r), no adapter name).
+/// One named LoRA adapter (or LoRA-variant adapter, e.g. DoRA) on a model: the <see cref="LoraLinear"/> layers
+/// that carry it, its options, and its two names for each tensor (see <see cref="IAdapter"/>):
+/// <list type="bullet">
+/// <item>parameter names, as the model's NamedParameters gives them: <c>model.layers.0.self_attn.q_proj.lora_A.default.weight</c>
+/// (r, in), <c>...lora_B.default.weight</c> (out, r), a variant's <c>...lora_magnitude_vector.default.weight</c>;</item>
+/// <item>PEFT file keys (state dict): the same without the adapter name, <c>...q_proj.lora_A.weight</c>,
+/// <c>...q_proj.lora_B.weight</c>, and the variant's own keys (<c>...q_proj.lora_magnitude_vector</c>).</item>
+/// </list>
 /// </summary>
 public sealed class LoraAdapter : IAdapter
 {
     public const string LoraAKey = ".lora_A.weight";
     public const string LoraBKey = ".lora_B.weight";
 
+    readonly ILoraVariantFactory? _variant;
+
     readonly IPeftModel _model;
     readonly List<(string Module, LoraLinear Layer)> _layers;
     bool _enabled = true;
     bool _removed;
 
-    internal LoraAdapter(string name, IPeftModel model, LoraOptions options, IReadOnlyList<(string Module, LoraLinear Layer)> layers, IReadOnlyList<string>? expandedTargets)
+    internal LoraAdapter(string name, IPeftModel model, LoraOptions options, IReadOnlyList<(string Module, LoraLinear Layer)> layers, IReadOnlyList<string>? expandedTargets,
+        ILoraVariantFactory? variant = null)
     {
+        _variant = variant;
         Name = name;
         _model = model;
         Options = options;
@@ -33,7 +42,7 @@ public sealed class LoraAdapter : IAdapter
     }
 
     public string Name { get; }
-    public string MethodName => LoraMethod.MethodName;
+    public string MethodName => _variant?.MethodName ?? LoraMethod.MethodName;
     public LoraOptions Options { get; }
 
     /// <summary>For "all-linear": the module-name list it stood for (written to adapter_config.json as PEFT does).</summary>
@@ -44,23 +53,39 @@ public sealed class LoraAdapter : IAdapter
     /// <summary>The layer that carries this adapter in slot <paramref name="module"/>.</summary>
     public LoraLinear Layer(string module) => _layers.First(l => l.Module == module).Layer;
 
+    /// <summary>Named as the model names them: <c>&lt;module&gt;.lora_A.&lt;adapter&gt;.weight</c>, <c>.lora_B.</c>, a variant's <c>&lt;module&gt;.&lt;ModuleKey&gt;.&lt;adapter&gt;.&lt;name&gt;</c>.</summary>
     public IReadOnlyList<(string Name, Parameter Parameter)> TrainableParameters
     {
         get
         {
             CheckAlive();
-            var list = new List<(string, Parameter)>(_layers.Count * 2);
+            var list = new List<(string, Parameter)>(_layers.Count * 3);
             foreach (var (module, layer) in _layers)
             {
-                list.Add((module + LoraAKey, layer.LoraA(Name)));
-                list.Add((module + LoraBKey, layer.LoraB(Name)));
+                list.Add(($"{module}.lora_A.{Name}.weight", layer.LoraA(Name)));
+                list.Add(($"{module}.lora_B.{Name}.weight", layer.LoraB(Name)));
+                if (layer.Variant(Name) is { } variant)
+                    foreach (var (path, p) in variant.named_parameters())
+                        list.Add(($"{module}.{variant.ModuleKey}.{Name}.{path}", p));
             }
             return list;
         }
     }
 
-    public IReadOnlyDictionary<string, Tensor> GetStateDict() =>
-        TrainableParameters.ToDictionary(p => p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal);
+    /// <summary>PEFT file keys (no adapter name): <c>&lt;module&gt;.lora_A.weight</c>, <c>&lt;module&gt;.lora_B.weight</c>, a variant's <c>&lt;module&gt;.&lt;PeftKey&gt;</c>.</summary>
+    public IReadOnlyDictionary<string, Tensor> GetStateDict()
+    {
+        CheckAlive();
+        var dict = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (module, layer) in _layers)
+        {
+            dict[module + LoraAKey] = layer.LoraA(Name);
+            dict[module + LoraBKey] = layer.LoraB(Name);
+            if (layer.Variant(Name) is { } variant)
+                foreach (var (key, p) in variant.StateTensors) dict[$"{module}.{key}"] = p;
+        }
+        return dict;
+    }
 
     public void LoadStateDict(IReadOnlyDictionary<string, Tensor> tensors)
     {
@@ -69,7 +94,7 @@ public sealed class LoraAdapter : IAdapter
         foreach (var (key, tensor) in tensors)
         {
             if (!expected.TryGetValue(key, out var target))
-                throw new InvalidDataException($"tensor '{key}' matches no module of LoRA adapter '{Name}' (it wraps {_layers.Count} modules, e.g. '{_layers[0].Module}')");
+                throw new InvalidDataException($"tensor '{key}' matches no tensor of {MethodName} adapter '{Name}' (it wraps {_layers.Count} modules, e.g. '{_layers[0].Module}')");
             if (!target.shape.SequenceEqual(tensor.shape))
                 throw new InvalidDataException($"tensor '{key}' has shape [{string.Join(", ", tensor.shape)}] but the adapter's parameter has shape [{string.Join(", ", target.shape)}]");
         }
@@ -91,7 +116,7 @@ public sealed class LoraAdapter : IAdapter
         foreach (var (k, v) in o.RankPattern) rankPattern[k] = v;
         var alphaPattern = new JsonObject();
         foreach (var (k, v) in o.AlphaPattern) alphaPattern[k] = Number(v);
-        return new JsonObject
+        var config = new JsonObject
         {
             ["peft_type"] = LoraMethod.LoraPeftType,
             ["task_type"] = "CAUSAL_LM",
@@ -109,6 +134,8 @@ public sealed class LoraAdapter : IAdapter
             ["modules_to_save"] = null,
             ["init_lora_weights"] = o.InitLoraWeightsJson,
         };
+        _variant?.WriteAdapterConfig(config);
+        return config;
     }
 
     public bool Enabled

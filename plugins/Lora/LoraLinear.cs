@@ -17,12 +17,15 @@ namespace Peft.Plugins.Lora;
 /// The wrapped layer stays frozen as <see cref="BaseLayer"/> (registered as <c>base_layer</c>); the factors are
 /// registered as <c>lora_A.&lt;adapter&gt;.weight</c> and <c>lora_B.&lt;adapter&gt;.weight</c>. Several named adapters
 /// can live on one layer; merging folds <c>scaling * B @ A</c> into the base weight.
+/// An adapter may carry a <see cref="LoraVariant"/> (DoRA...): it then computes its forward, merge and unmerge
+/// through the variant, which the layer registers as <c>&lt;ModuleKey&gt;.&lt;adapter&gt;</c>.
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
 {
     /// <summary>Per-adapter hyper-parameters and state (the tensors live in lora_A / lora_B).</summary>
-    sealed class AdapterState(int rank, double alpha, double scaling, double dropout)
+    sealed class AdapterState(int rank, double alpha, double scaling, double dropout, LoraVariant? variant)
     {
+        public LoraVariant? Variant { get; } = variant;
         public int Rank { get; } = rank;
         public double Alpha { get; } = alpha;
         public double Scaling { get; } = scaling;
@@ -43,6 +46,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     // The wrapped layer as ILinearLayer. Boxed: RegisterComponents registers every field holding a Module, and the
     // layer is already registered once, as base_layer.
     readonly StrongBox<ILinearLayer> _baseBox;
+
+    // Variant module dicts by ModuleKey (registered on first use, e.g. lora_magnitude_vector).
+    readonly Dictionary<string, LoraVariantDict> _variantDicts = new(StringComparer.Ordinal);
 
     // Adapter states by name, and the names in the order they were added (forward sums in this order).
     readonly Dictionary<string, AdapterState> _adapters = new(StringComparer.Ordinal);
@@ -84,13 +90,20 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     public bool IsEnabled(string adapter) => _adapters[Check(adapter)].Enabled;
     public bool IsMerged(string adapter) => _adapters[Check(adapter)].Merged;
 
+    /// <summary>The adapter's dropout probability (applied to the adapter's input in training mode).</summary>
+    public double Dropout(string adapter) => _adapters[Check(adapter)].Dropout;
+
+    /// <summary>The adapter's variant (DoRA...), or null for plain LoRA.</summary>
+    public LoraVariant? Variant(string adapter) => _adapters[Check(adapter)].Variant;
+
     /// <summary>
     /// Add an adapter: A (r, in) and B (out, r) as float32 trainable parameters on the base layer's device,
     /// initialized by <paramref name="init"/> (PiSSA also rewrites the base weight to the residual).
     /// With <paramref name="initialize"/> false both start at zero (weights to be loaded).
+    /// With <paramref name="variant"/>, the adapter is of that variant (created once A and B hold their values).
     /// </summary>
     public void AddAdapter(string adapter, int rank, double alpha, double dropout = 0, bool useRsLora = false,
-        LoraInitialization init = LoraInitialization.Default, bool initialize = true)
+        LoraInitialization init = LoraInitialization.Default, bool initialize = true, ILoraVariantFactory? variant = null)
     {
         if (string.IsNullOrEmpty(adapter) || adapter.Contains('.'))
             throw new ArgumentException($"adapter name '{adapter}' must be non-empty and contain no '.'", nameof(adapter));
@@ -122,8 +135,31 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         }
         _loraA.Add(adapter, a);
         _loraB.Add(adapter, b);
-        _adapters[adapter] = new AdapterState(rank, alpha, scaling, dropout);
+        _adapters[adapter] = new AdapterState(rank, alpha, scaling, dropout, null);
         _order.Add(adapter);
+        if (variant is null) return;
+        LoraVariant? v = null;
+        try
+        {
+            v = variant.Create(this, adapter);
+            if (!_variantDicts.TryGetValue(v.ModuleKey, out var dict))
+            {
+                dict = new LoraVariantDict();
+                register_module(v.ModuleKey, dict);
+                _variantDicts[v.ModuleKey] = dict;
+            }
+            dict.Add(adapter, v);
+            _adapters[adapter] = new AdapterState(rank, alpha, scaling, dropout, v);
+            v.Initialize(this, adapter);
+        }
+        catch
+        {
+            if (v is not null && _variantDicts.TryGetValue(v.ModuleKey, out var dict) && dict.named_children().Any(c => c.name == adapter)) dict.Remove(adapter);
+            else v?.Dispose();
+            _adapters[adapter] = new AdapterState(rank, alpha, scaling, dropout, null);
+            RemoveAdapter(adapter);
+            throw;
+        }
     }
 
     void Initialize(Parameter a, Parameter b, LoraInitialization init, int rank, double scaling)
@@ -171,6 +207,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         a.copy_(loraA);
         b.copy_(loraB);
         BaseLayer.SetDenseWeight(residual);
+        BaseWeightChanged();
     }
 
     /// <summary>Enable or disable one adapter; disabling a merged adapter unmerges it first.</summary>
@@ -184,6 +221,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
     /// <summary>
     /// y = base(x) + sum_a scaling_a * B_a(A_a(dropout_a(x))) over enabled, unmerged adapters. x (..., in) -> (..., out).
     /// Dropout only in training mode. The adapter path runs in the factors' dtype (float32) and is cast back.
+    /// An adapter with a variant computes its term through <see cref="LoraVariant.Forward"/>.
     /// </summary>
     public override Tensor forward(Tensor x)
     {
@@ -197,6 +235,11 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
             var a = _loraA[name].Weight;
             var b = _loraB[name].Weight;
             var h = x.dtype == a.dtype ? x : x.to(a.dtype);
+            if (state.Variant is { } variant)
+            {
+                result = variant.Forward(this, name, h, result);
+                continue;
+            }
             if (training && state.Dropout > 0) h = nn.functional.dropout(h, state.Dropout, training: true);
             var delta = nn.functional.linear(nn.functional.linear(h, a), b);   // (..., in) -> (..., r) -> (..., out)
             // y += scaling * delta in one kernel (no separate (..., out) scaled temporary)
@@ -223,7 +266,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         {
             var state = _adapters[name];
             if (!state.Enabled || state.Merged) continue;
-            w = w + DeltaWeight(name).to(w.device);
+            w = state.Variant is { } variant ? variant.Merge(this, name, w, keepForUnmerge: false) : w + DeltaWeight(name).to(w.device);
         }
         return w.to(dtype).MoveToOuterDisposeScope();
     }
@@ -237,9 +280,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         {
             var state = _adapters[name];
             if (!state.Enabled || state.Merged) continue;
+            if (state.Variant is not null)
+                throw new InvalidOperationException($"cannot set the weight of '{ModuleName}' through its unmerged {state.Variant.GetType().Name} adapter '{name}' (the variant's effective weight has no unique inverse); merge or disable it first");
             w = w - DeltaWeight(name).to(w.device);
         }
         BaseLayer.SetDenseWeight(w);
+        BaseWeightChanged();
     }
 
     /// <summary>
@@ -255,10 +301,14 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         using (var scope = torch.NewDisposeScope())
         {
             var w = BaseLayer.DenseWeight(ScalarType.Float32);
-            var merged = w + DeltaWeight(adapter).to(w.device);
+            var merged = state.Variant is { } variant ? variant.Merge(this, adapter, w, keepForUnmerge: true) : w + DeltaWeight(adapter).to(w.device);
             if (safe && !torch.isfinite(merged).all().item<bool>())
+            {
+                if (state.Variant is not null) state.Variant.Unmerge(this, adapter, merged).Dispose();   // drop what it kept
                 throw new InvalidOperationException($"merging LoRA adapter '{adapter}' into '{ModuleName}' gives non-finite weights (NaN or Inf); the adapter seems broken, nothing was merged");
+            }
             BaseLayer.SetDenseWeight(merged);
+            BaseWeightChanged();
         }
         state.Merged = true;
         _mergeOrder.Add(adapter);
@@ -272,7 +322,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         using (var scope = torch.NewDisposeScope())
         {
             var w = BaseLayer.DenseWeight(ScalarType.Float32);
-            BaseLayer.SetDenseWeight(w - DeltaWeight(adapter).to(w.device));
+            BaseLayer.SetDenseWeight(state.Variant is { } variant ? variant.Unmerge(this, adapter, w) : w - DeltaWeight(adapter).to(w.device));
+            BaseWeightChanged();
         }
         state.Merged = false;
         _mergeOrder.Remove(adapter);
@@ -284,10 +335,10 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         for (int i = _mergeOrder.Count - 1; i >= 0; i--) Unmerge(_mergeOrder[i]);
     }
 
-    /// <summary>Delete an adapter (unmerging it first) and free its factors. Returns the number of adapters left.</summary>
     /// <summary>Keep a merged adapter's delta in the base weight and forget that it was merged (for merge-and-unload).</summary>
     internal void KeepMerged(string adapter) => _adapters[Check(adapter)].Merged = false;
 
+    /// <summary>Delete an adapter (unmerging it first) and free its factors. Returns the number of adapters left.</summary>
     public int RemoveAdapter(string adapter)
     {
         var state = _adapters[Check(adapter)];
@@ -296,6 +347,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         _order.Remove(adapter);
         _loraA.Remove(adapter);
         _loraB.Remove(adapter);
+        if (state.Variant is { } variant) _variantDicts[variant.ModuleKey].Remove(adapter);
         return _adapters.Count;
     }
 
@@ -308,6 +360,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
         using var scope = torch.NewDisposeScope();
         var w = BaseLayer.DenseWeight(ScalarType.Float32);
         BaseLayer.SetDenseWeight(w + DeltaWeight(adapter).to(w.device));
+        BaseWeightChanged();
+    }
+
+    /// <summary>Tell every variant that the base weight was written.</summary>
+    void BaseWeightChanged()
+    {
+        foreach (var state in _adapters.Values) state.Variant?.BaseWeightChanged();
     }
 
     /// <summary>

@@ -30,15 +30,24 @@ public sealed class LoraMethod : IPeftMethod
     /// </summary>
     public IAdapter? AttachFromAdapterConfig(IPeftModel model, string adapterName, JsonObject adapterConfig)
     {
-        if (adapterConfig["peft_type"] is not JsonValue t || !t.TryGetValue<string>(out var type)
-            || !string.Equals(type, LoraPeftType, StringComparison.OrdinalIgnoreCase))
-            return null;
-        if (adapterConfig["use_dora"] is JsonValue d && d.TryGetValue<bool>(out var dora) && dora) return null;
+        if (!IsLoraConfig(adapterConfig) || UsesDora(adapterConfig)) return null;
         return Attach(model, adapterName, LoraOptions.FromAdapterConfig(adapterConfig), initialize: false);
     }
 
-    /// <summary>Attach an adapter described by already-validated options.</summary>
-    public LoraAdapter Attach(IPeftModel model, string adapterName, LoraOptions options, bool initialize = true)
+    /// <summary>peft_type is "LORA" (LoRA and its variants, e.g. DoRA, share it).</summary>
+    public static bool IsLoraConfig(JsonObject adapterConfig) =>
+        adapterConfig["peft_type"] is JsonValue t && t.TryGetValue<string>(out var type)
+        && string.Equals(type, LoraPeftType, StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>use_dora is true.</summary>
+    public static bool UsesDora(JsonObject adapterConfig) =>
+        adapterConfig["use_dora"] is JsonValue d && d.TryGetValue<bool>(out var dora) && dora;
+
+    /// <summary>
+    /// Attach an adapter described by already-validated options; with <paramref name="variant"/>, every wrapped
+    /// layer carries that LoRA variant (DoRA...). This is the one attach path plain LoRA and its variants share.
+    /// </summary>
+    public LoraAdapter Attach(IPeftModel model, string adapterName, LoraOptions options, bool initialize = true, ILoraVariantFactory? variant = null)
     {
         if (string.IsNullOrEmpty(adapterName) || adapterName.Contains('.') || adapterName.IndexOfAny(['/', '\\']) >= 0)
             throw new PeftConfigurationException("adapter name", adapterName, "must be non-empty and contain no '.', '/' or '\\'");
@@ -46,7 +55,8 @@ public sealed class LoraMethod : IPeftMethod
             if (model.GetLinear(name) is LoraLinear existing && existing.HasAdapter(adapterName))
                 throw new InvalidOperationException($"the model already has a LoRA adapter named '{adapterName}' (on '{name}')");
 
-        var targets = LoraTargetSelector.Select(options, model.LinearLayerNames, model.OutputHeadName, model.LayerIndexOf);
+        var slots = model.LinearSlots;
+        var targets = LoraTargetSelector.Select(options, slots);
         var init = options.Initialization;
         var layers = new List<(string, LoraLinear)>(targets.Count);
         var created = new List<(string Module, LoraLinear Layer, ILinearLayer Original)>();
@@ -62,7 +72,7 @@ public sealed class LoraMethod : IPeftMethod
                     created.Add((target.ModuleName, lora, slot));
                     model.SetLinear(target.ModuleName, lora);
                 }
-                lora.AddAdapter(adapterName, target.Rank, target.Alpha, options.LoraDropout, options.UseRsLora, init, initialize);
+                lora.AddAdapter(adapterName, target.Rank, target.Alpha, options.LoraDropout, options.UseRsLora, init, initialize, variant);
                 layers.Add((target.ModuleName, lora));
             }
         }
@@ -84,9 +94,9 @@ public sealed class LoraMethod : IPeftMethod
             throw;
         }
         var expanded = options.TargetModulesRegex == LoraOptions.AllLinear
-            ? LoraTargetSelector.ResolveTargetList(options, model.LinearLayerNames, model.OutputHeadName)
+            ? LoraTargetSelector.ResolveTargetList(options, slots)
             : null;
-        return new LoraAdapter(adapterName, model, options, layers, expanded);
+        return new LoraAdapter(adapterName, model, options, layers, expanded, variant);
     }
 
     /// <summary>
@@ -96,9 +106,8 @@ public sealed class LoraMethod : IPeftMethod
     public MemoryEstimate? EstimateMemory(ModelShape shape, IReadOnlyList<LinearSlot> slots, IConfiguration options)
     {
         var o = LoraOptions.FromConfiguration(options);
-        var head = slots.FirstOrDefault(s => s.Kind == LinearKind.OutputHead)?.Name ?? "";
         var byName = slots.ToDictionary(s => s.Name);
-        var targets = LoraTargetSelector.Select(o, slots.Select(s => s.Name).ToList(), head, n => byName[n].LayerIndex);
+        var targets = LoraTargetSelector.Select(o, slots);
         long count = targets.Sum(t => (long)t.Rank * (byName[t.ModuleName].InFeatures + byName[t.ModuleName].OutFeatures));
         return new MemoryEstimate(count, count * sizeof(float), count * sizeof(float), 0);
     }

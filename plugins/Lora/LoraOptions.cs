@@ -82,10 +82,63 @@ public sealed class LoraOptions : IValidatableOptions
 
     internal string Key(string key) => SourcePath.Length == 0 ? key : $"{SourcePath}:{key}";
 
+    /// <summary>
+    /// Keys of PEFT's <c>LoraConfig</c> that an <c>adapter_config.json</c> carries and that do not change what
+    /// LoRA computes here: accepted and ignored when reading an adapter file (never accepted in configuration).
+    /// <c>use_dora</c> is read by the host's choice of method (LoRA or DoRA), not by the options.
+    /// </summary>
+    public static readonly IReadOnlyList<string> IgnoredAdapterConfigKeys =
+    [
+        "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping",
+        "use_dora", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "runtime_config",
+        "layers_pattern", "modules_to_save", "layer_replication", "exclude_modules", "target_parameters",
+        "trainable_token_indices", "alora_invocation_tokens", "lora_bias", "use_qalora", "qalora_group_size",
+    ];
+
+    /// <summary>
+    /// Of <see cref="IgnoredAdapterConfigKeys"/>, the PEFT features that would change the computation when set:
+    /// an adapter file that sets one (to anything but its default) is refused naming the key.
+    /// </summary>
+    static readonly (string Key, Func<JsonNode, bool>? Allowed)[] RefusedWhenSet =
+    [
+        ("layers_pattern", n => n is JsonValue v && v.TryGetValue<string>(out var s) && s == "layers"
+                                || n is JsonArray a && a.Count == 1 && a[0] is JsonValue e && e.TryGetValue<string>(out var s1) && s1 == "layers"),
+        ("modules_to_save", null),
+        ("layer_replication", null),
+        ("exclude_modules", null),
+        ("target_parameters", null),
+        ("trainable_token_indices", null),
+        ("alora_invocation_tokens", null),
+        ("lora_bias", n => n is JsonValue v && v.TryGetValue<bool>(out var b) && !b),
+        ("use_qalora", n => n is JsonValue v && v.TryGetValue<bool>(out var b) && !b),
+    ];
+
     /// <summary>Bind and validate a configuration section (its "name" key belongs to the caller).</summary>
-    public static LoraOptions FromConfiguration(IConfiguration section)
+    public static LoraOptions FromConfiguration(IConfiguration section) => Bind(section, ["name"]);
+
+    /// <summary>
+    /// Read the LoRA fields of a PEFT <c>adapter_config.json</c> with the same binder as configuration
+    /// (<see cref="OptionsBinding"/>): the JSON object becomes an <see cref="IConfiguration"/>, the keys in
+    /// <see cref="IgnoredAdapterConfigKeys"/> are skipped, any other unknown key or bad value is refused naming the
+    /// key. Features that would change the computation in a way this plugin does not implement are refused too.
+    /// </summary>
+    public static LoraOptions FromAdapterConfig(JsonObject config)
     {
-        var options = OptionsBinding.Bind<LoraOptions>(section, "name");
+        if (config["target_modules"] is null)
+            throw new PeftConfigurationException("target_modules", null, "is missing (a list of module names or a regex)");
+        foreach (var (key, allowed) in RefusedWhenSet)
+        {
+            var node = config[key];
+            bool empty = node is null || node is JsonArray { Count: 0 } || node is JsonObject { Count: 0 };
+            if (empty || (allowed?.Invoke(node!) ?? false)) continue;
+            throw new PeftConfigurationException(key, node!.ToJsonString(), "is not supported by the lora plugin");
+        }
+        return Bind(JsonConfiguration.FromJsonObject(config), IgnoredAdapterConfigKeys.ToArray());
+    }
+
+    static LoraOptions Bind(IConfiguration section, string[] ignoredKeys)
+    {
+        var options = OptionsBinding.Bind<LoraOptions>(section, ignoredKeys);
         options.SourcePath = section is IConfigurationSection s ? s.Path : "";
         // The binder ignores a scalar where the class has a list: the string form of target_modules and a
         // single integer layers_to_transform arrive here.
@@ -104,78 +157,6 @@ public sealed class LoraOptions : IValidatableOptions
         }
         options.CheckTargets();
         return options;
-    }
-
-    /// <summary>
-    /// Read the LoRA fields of a PEFT <c>adapter_config.json</c>. Fields LoRA does not use are ignored; fields that
-    /// would change the computation in a way this plugin does not implement are refused, naming the key.
-    /// </summary>
-    public static LoraOptions FromAdapterConfig(JsonObject config)
-    {
-        var o = new LoraOptions();
-        o.R = ReadInt(config, "r") ?? o.R;
-        o.LoraAlpha = ReadDouble(config, "lora_alpha") ?? o.LoraAlpha;
-        o.LoraDropout = ReadDouble(config, "lora_dropout") ?? 0;
-        o.UseRsLora = ReadBool(config, "use_rslora") ?? false;
-        o.Bias = ReadString(config, "bias") ?? "none";
-        o.FanInFanOut = ReadBool(config, "fan_in_fan_out") ?? false;
-        o.InitLoraWeights = config["init_lora_weights"] switch
-        {
-            null => "true",
-            JsonValue v when v.TryGetValue<bool>(out var b) => b ? "true" : "false",
-            JsonValue v when v.TryGetValue<string>(out var s) => s,
-            var other => throw new PeftConfigurationException("init_lora_weights", other.ToJsonString(), "must be a boolean or a string"),
-        };
-
-        switch (config["target_modules"])
-        {
-            case null:
-                throw new PeftConfigurationException("target_modules", null, "is missing (a list of module names or a regex)");
-            case JsonValue v when v.TryGetValue<string>(out var s):
-                o._targetRegex = s;
-                break;
-            case JsonArray a:
-                o.TargetModules = a.Select(n => n is JsonValue e && e.TryGetValue<string>(out var name) ? name
-                    : throw new PeftConfigurationException("target_modules", a.ToJsonString(), "entries must be strings")).ToList();
-                break;
-            case var other:
-                throw new PeftConfigurationException("target_modules", other.ToJsonString(), "must be a list of module names or a regex string");
-        }
-
-        switch (config["layers_to_transform"])
-        {
-            case null:
-                break;
-            case JsonValue v when v.TryGetValue<int>(out var i):
-                o.LayersToTransform = [i];
-                break;
-            case JsonArray a:
-                o.LayersToTransform = a.Select(n => n is JsonValue e && e.TryGetValue<int>(out var i) ? i
-                    : throw new PeftConfigurationException("layers_to_transform", a.ToJsonString(), "entries must be integers")).ToList();
-                break;
-            case var other:
-                throw new PeftConfigurationException("layers_to_transform", other.ToJsonString(), "must be a layer index or a list of layer indices");
-        }
-
-        o.RankPattern = ReadPattern<int>(config, "rank_pattern", n => n.TryGetValue<int>(out var r) ? r : null);
-        o.AlphaPattern = ReadPattern<double>(config, "alpha_pattern", n => n.TryGetValue<double>(out var a) ? a : null);
-
-        // Features of PEFT's LoraConfig that change the computation and are not implemented here.
-        RefuseIfSet(config, "layers_pattern", allowed: n => n is JsonValue v && v.TryGetValue<string>(out var s) && s == "layers"
-                                                   || n is JsonArray a && a.Count == 1 && a[0] is JsonValue e && e.TryGetValue<string>(out var s1) && s1 == "layers");
-        RefuseIfSet(config, "modules_to_save");
-        RefuseIfSet(config, "layer_replication");
-        RefuseIfSet(config, "exclude_modules");
-        RefuseIfSet(config, "target_parameters");
-        RefuseIfSet(config, "trainable_token_indices");
-        RefuseIfSet(config, "alora_invocation_tokens");
-        RefuseIfSet(config, "lora_bias", allowed: n => n is JsonValue v && v.TryGetValue<bool>(out var b) && !b);
-        RefuseIfSet(config, "use_qalora", allowed: n => n is JsonValue v && v.TryGetValue<bool>(out var b) && !b);
-
-        foreach (var (key, value, problem) in o.Validate())
-            throw new PeftConfigurationException(key, FormatValue(value), problem);
-        o.CheckTargets();
-        return o;
     }
 
     public IEnumerable<(string Key, object? Value, string Problem)> Validate()
@@ -246,68 +227,4 @@ public sealed class LoraOptions : IValidatableOptions
         try { _ = new Regex(pattern, RegexOptions.CultureInvariant); return true; }
         catch (ArgumentException) { return false; }
     }
-
-    static int? ReadInt(JsonObject config, string key) => config[key] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<int>(out var i) => i,
-        JsonValue v when v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue => (int)d,
-        var other => throw new PeftConfigurationException(key, other.ToJsonString(), "must be an integer"),
-    };
-
-    static double? ReadDouble(JsonObject config, string key) => config[key] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<double>(out var d) => d,
-        var other => throw new PeftConfigurationException(key, other.ToJsonString(), "must be a number"),
-    };
-
-    static bool? ReadBool(JsonObject config, string key) => config[key] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<bool>(out var b) => b,
-        var other => throw new PeftConfigurationException(key, other.ToJsonString(), "must be true or false"),
-    };
-
-    static string? ReadString(JsonObject config, string key) => config[key] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s,
-        var other => throw new PeftConfigurationException(key, other.ToJsonString(), "must be a string"),
-    };
-
-    static Dictionary<string, T> ReadPattern<T>(JsonObject config, string key, Func<JsonValue, T?> read) where T : struct
-    {
-        var result = new Dictionary<string, T>();
-        switch (config[key])
-        {
-            case null:
-                return result;
-            case JsonObject o:
-                foreach (var (pattern, node) in o)
-                {
-                    if (node is not JsonValue v || read(v) is not { } value)
-                        throw new PeftConfigurationException($"{key}:{pattern}", node?.ToJsonString(), "must be a number");
-                    result[pattern] = value;
-                }
-                return result;
-            case var other:
-                throw new PeftConfigurationException(key, other.ToJsonString(), "must be an object mapping module-name patterns to values");
-        }
-    }
-
-    static void RefuseIfSet(JsonObject config, string key, Func<JsonNode, bool>? allowed = null)
-    {
-        var node = config[key];
-        bool empty = node is null || node is JsonArray { Count: 0 } || node is JsonObject { Count: 0 };
-        if (empty || (allowed?.Invoke(node!) ?? false)) return;
-        throw new PeftConfigurationException(key, node!.ToJsonString(), "is not supported by the lora plugin");
-    }
-
-    static string? FormatValue(object? v) => v switch
-    {
-        null => null,
-        IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
-        _ => v.ToString(),
-    };
 }

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Peft.Abstractions;
+using Peft.Abstractions.Model;
 
 namespace Peft.Plugins.Lora;
 
@@ -7,14 +8,16 @@ namespace Peft.Plugins.Lora;
 public sealed record LoraTarget(string ModuleName, int Rank, double Alpha);
 
 /// <summary>
-/// Chooses the linear layers a LoRA adapter wraps, following HF PEFT (<c>check_target_module_exists</c>,
-/// <c>get_pattern_key</c>):
+/// Chooses the linear slots a LoRA adapter wraps, following HF PEFT (<c>check_target_module_exists</c>,
+/// <c>get_pattern_key</c>). It reads what it needs from the model's <see cref="LinearSlot"/>s (short name, layer
+/// index, kind) and never parses a module name:
 /// <list type="bullet">
-/// <item>target_modules list: a module matches when its name equals an entry or ends with "." + entry; then, if
-/// layers_to_transform is set (and the name was not an exact entry), its decoder layer index must be listed
-/// (a module without a layer index, such as lm_head, is then excluded).</item>
+/// <item>target_modules list: a slot matches when its name equals an entry, its short name equals an entry, or
+/// its name ends with "." + entry (PEFT's suffix rule, for entries such as "self_attn.q_proj"); then, if
+/// layers_to_transform is set (and the name was not an exact entry), the slot's layer index must be listed
+/// (a slot without a layer index, such as the output head, is then excluded).</item>
 /// <item>target_modules string: a regex that must match the full module name (layers_to_transform not allowed).</item>
-/// <item>"all-linear": the distinct last name components of every linear but the output head, used as a list.</item>
+/// <item>"all-linear": the distinct short names of every slot but the output head (<see cref="LinearKind.OutputHead"/>), used as a list.</item>
 /// <item>rank_pattern / alpha_pattern: the first key (in insertion order) for which <c>(.*\.)?(key)$</c> matches
 /// from the start of the module name overrides r / lora_alpha.</item>
 /// </list>
@@ -23,22 +26,21 @@ public static class LoraTargetSelector
 {
     static readonly TimeSpan RegexTimeout = TimeSpan.FromSeconds(1);
 
-    /// <summary>The targets among <paramref name="linearNames"/>, in model order. Throws when nothing matches.</summary>
-    /// <param name="layerIndexOf">Decoder layer index of a module name, or null (IPeftModel.LayerIndexOf).</param>
-    public static IReadOnlyList<LoraTarget> Select(LoraOptions options, IReadOnlyList<string> linearNames, string outputHeadName, Func<string, int?> layerIndexOf)
+    /// <summary>The targets among <paramref name="slots"/>, in model order. Throws when nothing matches.</summary>
+    public static IReadOnlyList<LoraTarget> Select(LoraOptions options, IReadOnlyList<LinearSlot> slots)
     {
-        var list = ResolveTargetList(options, linearNames, outputHeadName);
+        var list = ResolveTargetList(options, slots);
         var targets = new List<LoraTarget>();
-        foreach (var name in linearNames)
+        foreach (var slot in slots)
         {
-            bool found = list is null ? FullMatch(options.TargetModulesRegex!, name) : MatchesList(list, name, options.LayersToTransform, layerIndexOf);
+            bool found = list is null ? FullMatch(options.TargetModulesRegex!, slot.Name) : MatchesList(list, slot, options.LayersToTransform);
             if (!found) continue;
-            targets.Add(new LoraTarget(name, RankFor(options, name), AlphaFor(options, name)));
+            targets.Add(new LoraTarget(slot.Name, RankFor(options, slot.Name), AlphaFor(options, slot.Name)));
         }
         if (targets.Count == 0)
         {
             var layers = options.LayersToTransform is null ? "" : $" with layers_to_transform [{string.Join(", ", options.LayersToTransform)}]";
-            var some = string.Join(", ", linearNames.Take(8)) + (linearNames.Count > 8 ? ", ..." : "");
+            var some = string.Join(", ", slots.Take(8).Select(s => s.Name)) + (slots.Count > 8 ? ", ..." : "");
             throw new PeftConfigurationException(options.Key("target_modules"), options.TargetModulesDescription,
                 $"matches no linear layer of the model{layers} (its linear layers are: {some})");
         }
@@ -46,21 +48,22 @@ public static class LoraTargetSelector
     }
 
     /// <summary>The list to match against, or null when target_modules is a regex.</summary>
-    internal static IReadOnlyList<string>? ResolveTargetList(LoraOptions options, IReadOnlyList<string> linearNames, string outputHeadName)
+    internal static IReadOnlyList<string>? ResolveTargetList(LoraOptions options, IReadOnlyList<LinearSlot> slots)
     {
         if (options.TargetModulesRegex is null) return options.EffectiveTargetList;
         if (options.TargetModulesRegex != LoraOptions.AllLinear) return null;
         // PEFT's _maybe_include_all_linear_layers: the last name component of every linear but the output head.
-        var head = LastComponent(outputHeadName);
-        return linearNames.Where(n => n != outputHeadName).Select(LastComponent).Where(n => n != head).Distinct().ToList();
+        var headShortNames = slots.Where(s => s.Kind == LinearKind.OutputHead).Select(s => s.ShortName).ToHashSet(StringComparer.Ordinal);
+        return slots.Where(s => s.Kind != LinearKind.OutputHead).Select(s => s.ShortName)
+            .Where(n => !headShortNames.Contains(n)).Distinct().ToList();
     }
 
-    static bool MatchesList(IReadOnlyList<string> list, string name, List<int>? layersToTransform, Func<string, int?> layerIndexOf)
+    static bool MatchesList(IReadOnlyList<string> list, LinearSlot slot, List<int>? layersToTransform)
     {
-        if (list.Contains(name)) return true;
-        if (!list.Any(entry => name.EndsWith("." + entry, StringComparison.Ordinal))) return false;
+        if (list.Contains(slot.Name)) return true;
+        if (!list.Any(entry => entry == slot.ShortName || slot.Name.EndsWith("." + entry, StringComparison.Ordinal))) return false;
         if (layersToTransform is not { Count: > 0 }) return true;
-        return layerIndexOf(name) is { } index && layersToTransform.Contains(index);
+        return slot.LayerIndex is { } index && layersToTransform.Contains(index);
     }
 
     static bool FullMatch(string pattern, string name) =>
@@ -75,6 +78,4 @@ public static class LoraTargetSelector
 
     internal static double AlphaFor(LoraOptions options, string name) =>
         PatternKeyFor(options.AlphaPattern.Keys, name) is { } key ? options.AlphaPattern[key] : options.LoraAlpha;
-
-    static string LastComponent(string name) => name[(name.LastIndexOf('.') + 1)..];
 }

@@ -15,6 +15,7 @@ public class MethodContractMatrix
     [
         new("lora", new Dictionary<string, string?> { ["r"] = "4", ["lora_alpha"] = "8", ["target_modules"] = "all-linear" }),
         new("lora", new Dictionary<string, string?> { ["r"] = "2", ["lora_alpha"] = "4", ["use_rslora"] = "true", ["target_modules:0"] = "q_proj", ["target_modules:1"] = "down_proj" }) { Label = "lora-rslora" },
+        new("dora", new Dictionary<string, string?> { ["r"] = "4", ["lora_alpha"] = "8", ["target_modules"] = "all-linear" }),
         new("test-scale", new Dictionary<string, string?> { ["targets"] = "all" }),
     ];
 

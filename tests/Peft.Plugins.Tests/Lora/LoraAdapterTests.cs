@@ -18,7 +18,7 @@ public sealed class LoraAdapterTests
     {
         using var _ = torch.no_grad();
         foreach (var (name, p) in adapter.TrainableParameters)
-            if (name.EndsWith(".lora_B.weight")) p.fill_(value);
+            if (name.Contains(".lora_B.")) p.fill_(value);
     }
 
     [Fact]
@@ -30,8 +30,18 @@ public sealed class LoraAdapterTests
         sd.Keys.Should().HaveCount(12).And.Contain(["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.0.self_attn.q_proj.lora_B.weight"]);
         sd["model.layers.0.self_attn.q_proj.lora_A.weight"].shape.Should().Equal(4, 16);   // (r, in)
         sd["model.layers.0.self_attn.v_proj.lora_B.weight"].shape.Should().Equal(8, 4);    // (out, r)
-        adapter.TrainableParameters.Select(p => p.Name).Should().BeEquivalentTo(sd.Keys);
         adapter.TrainableParameters.Should().OnlyContain(p => p.Parameter.requires_grad);
+
+        // One naming scheme: trainable parameters are named as the model names them (adapter name included),
+        // and each file key is that name without the adapter name, for the same tensor.
+        var modelParams = model.NamedParameters().ToDictionary(p => p.Name, p => p.Parameter);
+        adapter.TrainableParameters.Select(p => p.Name).Should().Contain($"{Q0}.lora_A.my_adapter.weight").And.HaveCount(12);
+        foreach (var (name, p) in adapter.TrainableParameters)
+        {
+            modelParams.Should().ContainKey(name);
+            ReferenceEquals(modelParams[name], p).Should().BeTrue($"'{name}' is the model's own parameter");
+            ReferenceEquals(sd[name.Replace(".my_adapter.", ".")], p).Should().BeTrue($"the file key of '{name}' drops the adapter name");
+        }
 
         // The model's own parameter names show the wrapped base and the adapter's factors.
         var names = model.NamedParameters().Select(p => p.Name).ToList();

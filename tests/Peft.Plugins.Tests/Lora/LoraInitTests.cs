@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 
 namespace Peft.Plugins.Tests.Lora;
 
+[Collection(GlobalRngCollection.Name)]
 public sealed class LoraInitTests
 {
     [Fact]

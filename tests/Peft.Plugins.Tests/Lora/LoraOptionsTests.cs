@@ -69,4 +69,43 @@ public sealed class LoraOptionsTests
         var act = () => LoraOptions.FromAdapterConfig(System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject());
         act.Should().Throw<PeftConfigurationException>().Which.Key.Should().BeOneOf("bias", "fan_in_fan_out");
     }
+
+    [Fact]
+    public void Adapter_config_is_bound_by_the_same_strict_binder_as_configuration()
+    {
+        var json = File.ReadAllText(TestData.Shared("peft_adapters/smollm135m_lora_r16/adapter_config.json"));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject();
+        config["lora_alpa"] = 16;   // a typo is refused by name, as in configuration
+        var act = () => LoraOptions.FromAdapterConfig(config);
+        var e = act.Should().Throw<PeftConfigurationException>().Which;
+        (e.Key, e.Value).Should().Be(("lora_alpa", "16"));
+        e.Message.Should().Contain("unknown key");
+
+        config.Remove("lora_alpa");
+        config["r"] = "sixteen";
+        act.Should().Throw<PeftConfigurationException>().Which.Key.Should().Be("r");
+
+        // Every PEFT bookkeeping key is accepted and ignored; a feature that changes the computation is refused by name.
+        config["r"] = 16;
+        config["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("lm_head");
+        act.Should().Throw<PeftConfigurationException>().Which.Key.Should().Be("modules_to_save");
+    }
+
+    [Fact]
+    public void Adapter_config_and_configuration_give_the_same_options()
+    {
+        const string body = """{ "r": 4, "lora_alpha": 6.5, "lora_dropout": 0.1, "use_rslora": true, "target_modules": "q_proj|v_proj", "rank_pattern": { "q_proj": 2 }, "alpha_pattern": { "v_proj": 3 }, "init_lora_weights": "gaussian" }""";
+        var fromConfig = LoraOptions.FromConfiguration(LoraConfig.Section(body));
+        var adapterJson = System.Text.Json.Nodes.JsonNode.Parse(body)!.AsObject();
+        adapterJson["peft_type"] = "LORA";
+        adapterJson["task_type"] = "CAUSAL_LM";
+        adapterJson["use_dora"] = false;
+        var fromFile = LoraOptions.FromAdapterConfig(adapterJson);
+        foreach (var o in new[] { fromConfig, fromFile })
+        {
+            (o.R, o.LoraAlpha, o.LoraDropout, o.UseRsLora, o.TargetModulesRegex, o.Initialization).Should().Be((4, 6.5, 0.1, true, "q_proj|v_proj", LoraInitialization.Gaussian));
+            o.RankPattern.Should().Equal(new Dictionary<string, int> { ["q_proj"] = 2 });
+            o.AlphaPattern.Should().Equal(new Dictionary<string, double> { ["v_proj"] = 3 });
+        }
+    }
 }

@@ -1,4 +1,5 @@
 using Peft.Abstractions;
+using Peft.Abstractions.Model;
 using Peft.Plugins.Lora;
 using Peft.Plugins.Tests.Fakes;
 
@@ -22,6 +23,27 @@ public sealed class LoraTargetTests
             "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.v_proj");
         model.GetLinear("model.layers.0.self_attn.q_proj").Should().BeOfType<LoraLinear>();
         model.GetLinear("model.layers.0.self_attn.k_proj").Should().BeOfType<TestLinear>();
+    }
+
+    [Fact]
+    public void Targets_come_from_the_models_slots_not_from_parsing_names()
+    {
+        // A layout unlike Llama's: the layer index is not in the name and the short names are the slots' own.
+        // The fake throws from LayerIndexOf, so only LinearSlot's ShortName / LayerIndex / Kind can be used.
+        LinearSlot[] slots =
+        [
+            new("enc.first.attn_q", "attn_q", 0, LinearKind.AttentionQuery, 8, 8),
+            new("enc.first.ffn", "ffn", 0, LinearKind.MlpUp, 8, 16),
+            new("enc.second.attn_q", "attn_q", 1, LinearKind.AttentionQuery, 8, 8),
+            new("enc.second.ffn", "ffn", 1, LinearKind.MlpUp, 8, 16),
+            new("head", "head", null, LinearKind.OutputHead, 8, 32),
+        ];
+        var model = new FakeSlotsModel(FakeLlamaModel.Tiny().Shape, slots);
+        var one = (LoraAdapter)Method.Attach(model, "one", LoraConfig.Section("""{ "target_modules": ["attn_q"], "layers_to_transform": [1] }"""));
+        one.TargetModules.Should().Equal("enc.second.attn_q");
+        var all = (LoraAdapter)Method.Attach(model, "all", LoraConfig.Section("""{ "target_modules": "all-linear" }"""));
+        all.TargetModules.Should().Equal("enc.first.attn_q", "enc.first.ffn", "enc.second.attn_q", "enc.second.ffn");   // not the head
+        all.ToAdapterConfig()["target_modules"]!.ToJsonString().Should().Be("""["attn_q","ffn"]""");
     }
 
     [Fact]
