@@ -1,5 +1,6 @@
 using Peft.Abstractions;
 using Peft.Abstractions.Model;
+using Peft.Abstractions.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -17,7 +18,7 @@ namespace Peft.Plugins.QLora;
 /// not kept for backward: backward dequantizes again, so training holds packed weights only. The packed bytes and
 /// statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
 /// </summary>
-public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, ILinearLayer
+public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
 {
     FourBitWeights _weights;
     readonly IFourBitKernels _kernels;
@@ -58,6 +59,11 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, ILinearLayer
     public long OutFeatures => _weights.OutFeatures;
     public nn.Module<Tensor, Tensor> Module => this;
     public Tensor? Bias => bias;
+
+    public string QuantizerName => FourBitCodebook.Name(Type);
+
+    /// <summary>bitsandbytes' saved tensors of this layer (<see cref="BitsAndBytesLayout"/>).</summary>
+    public IReadOnlyList<(string Suffix, Tensor Tensor)> CheckpointTensors() => BitsAndBytesLayout.Write(_weights, bias);
 
     /// <summary>Bytes held for the weight (packed codes + statistics), bias excluded.</summary>
     public long WeightStorageBytes => _weights.StorageBytes;

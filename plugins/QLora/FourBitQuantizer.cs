@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Microsoft.Extensions.Configuration;
 using Peft.Abstractions;
 using Peft.Abstractions.Model;
@@ -11,7 +12,7 @@ namespace Peft.Plugins.QLora;
 /// Replaces a frozen base linear with a <see cref="FourBitLinear"/> (Dettmers et al. 2023, "QLoRA": 4-bit NormalFloat,
 /// double quantization). The replacement holds new tensors only; the caller frees the layer it replaced.
 /// </summary>
-public abstract class FourBitQuantizer : IQuantizer
+public abstract class FourBitQuantizer : IQuantizer, IQuantizedCheckpointReader
 {
     protected FourBitQuantizer(FourBitType type) => Type = type;
 
@@ -41,6 +42,32 @@ public abstract class FourBitQuantizer : IQuantizer
         var weights = kernels.Quantize(dense, Type, options.BlockSize, options.DoubleQuant);
         foreach (var (_, t) in weights.Tensors()) t.DetachFromDisposeScope();
         return new FourBitLinear(moduleName, weights, layer.Bias, options.ComputeDtype, kernels);
+    }
+
+    public bool Reads(JsonObject quantizationConfig) => BitsAndBytesLayout.TypeOf(quantizationConfig) == Type;
+
+    public JsonObject QuantizationConfig(IConfiguration options, IReadOnlyList<string> skippedModules) =>
+        BitsAndBytesLayout.QuantizationConfig(Type, FourBitQuantizationOptions.FromConfiguration(options), skippedModules);
+
+    public bool IsQuantizedSlot(IReadOnlyCollection<string> suffixes) =>
+        suffixes.Any(s => s.StartsWith(BitsAndBytesLayout.QuantStatePrefix, StringComparison.Ordinal));
+
+    public ILinearLayer LoadQuantized(LinearSlot slot, IReadOnlyDictionary<string, Tensor> tensors, JsonObject quantizationConfig)
+    {
+        var computeName = quantizationConfig["bnb_4bit_compute_dtype"] is JsonValue v && v.TryGetValue<string>(out var s) ? s : "float32";
+        var compute = FourBitQuantizationOptions.ParseComputeDtype(computeName)
+            ?? throw new PeftDataException($"quantization_config: bnb_4bit_compute_dtype '{computeName}' is not supported (float32 or bfloat16)");
+        var (weights, bias) = BitsAndBytesLayout.Read(slot, tensors);
+        foreach (var (_, t) in weights.Tensors()) t.DetachFromDisposeScope();
+        try
+        {
+            return new FourBitLinear(slot.Name, weights, bias, compute, FourBitKernels.For(weights.Packed.device));
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Refuse a weight with NaN or ±Inf (its absmax would poison the whole block), naming the layer.</summary>

@@ -24,15 +24,21 @@ public static class AdapterAttachment
         var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, plugins);
         try
         {
-            var methods = catalog.Services.GetServices<IPeftMethod>().ToList();
-            var adapter = PeftAdapterFolder.Load(adapterDir, model, methods);
-            adapter.Enabled = true;
-            return (catalog, adapter);
+            return (catalog, AttachWith(catalog, adapterDir, model));
         }
         catch
         {
             catalog.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Attach the adapter folder through the methods of an already loaded catalog.</summary>
+    public static IAdapter AttachWith(PluginCatalog catalog, string adapterDir, IPeftModel model)
+    {
+        var methods = catalog.Services.GetServices<IPeftMethod>().ToList();
+        var adapter = PeftAdapterFolder.Load(adapterDir, model, methods);
+        adapter.Enabled = true;
+        return adapter;
     }
 }

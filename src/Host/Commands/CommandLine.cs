@@ -18,6 +18,7 @@ public static class CommandLine
         new MergeCommand(),
         new PlanCommand(),
         new RecommendCommand(),
+        new QuantizeCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

@@ -15,7 +15,7 @@ public sealed class EvalCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft eval --model DIR [--adapter DIR [--plugins DIR]...] --data FILE [--json]
+        usage: peft eval --model DIR [--adapter DIR [--plugins DIR]...] [--quantize NAME [--block-size N] [--double-quant BOOL]] --data FILE [--json]
 
         Evaluates next-token prediction. Documents: in a .txt file, blocks separated by blank lines (each
         trimmed, inner newlines kept), or, when the file contains <|endoftext|>, the parts between those
@@ -34,6 +34,10 @@ public sealed class EvalCommand : ICliCommand
                          through PEFT_plugins__directories__0)
           --data FILE    .txt or .jsonl evaluation file
           --json         also print {"loss": ..., "perplexity": ..., "tokens": ...} as the last line
+          --quantize NAME        quantize the base's decoder projections in memory first (nf4, fp4, int8;
+                                 see 'peft plugins'); a folder written by 'peft quantize' loads quantized as it is
+          --block-size N         weights per absmax block for nf4/fp4 (default 64)
+          --double-quant BOOL    also quantize the absmax values (nf4/fp4; default true)
 
         example:
           peft eval --model models/stories260K --data tinystories_valid.txt --json
@@ -45,13 +49,14 @@ public sealed class EvalCommand : ICliCommand
         var data = args.Required("--data");
         bool json = args.Flag("--json");
         var adapterDir = args.Optional("--adapter");
+        var quantize = QuantizeArgs.Parse(Name, args);
         var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         if (!File.Exists(data)) throw new CliException($"{Name}: option '--data': file '{data}' not found");
         bool instructions = EvalDocuments.IsInstructionFile(data);
         var documents = instructions ? [] : EvalDocuments.Read(data);
 
-        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig, quantize);
         using (plugins)
         using (model)
         {

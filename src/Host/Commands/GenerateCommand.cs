@@ -15,7 +15,7 @@ public sealed class GenerateCommand : ICliCommand
 
     public string Help =>
         """
-        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat [--chat-template NAME]]
+        usage: peft generate --model DIR [--adapter DIR [--plugins DIR]...] [--quantize NAME [--block-size N] [--double-quant BOOL]] [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat [--chat-template NAME]]
 
         Generates from an HF model folder (config.json, model.safetensors, tokenizer.model) with a KV cache.
         The sequence starts with BOS, then the prompt's tokens. stdout gets ONLY the text, as llama2.c's run
@@ -38,6 +38,10 @@ public sealed class GenerateCommand : ICliCommand
                                  (recognised from tokenizer_config.json: Llama 3 headers or ChatML) plus the
                                  assistant header, and print only the reply (stops at the end-of-turn token)
           --chat-template NAME   with --chat: llama3 or chatml instead of the recognised template
+          --quantize NAME        quantize the base's decoder projections in memory first (nf4, fp4, int8;
+                                 see 'peft plugins'); a folder written by 'peft quantize' loads quantized as it is
+          --block-size N         weights per absmax block for nf4/fp4 (default 64)
+          --double-quant BOOL    also quantize the absmax values (nf4/fp4; default true)
 
         example:
           peft generate --model models/stories260K --temperature 0
@@ -57,6 +61,7 @@ public sealed class GenerateCommand : ICliCommand
         bool chat = args.Flag("--chat");
         var chatTemplateName = args.Optional("--chat-template");
         if (chatTemplateName is not null && !chat) throw new CliException($"{Name}: option '--chat-template' needs --chat");
+        var quantize = QuantizeArgs.Parse(Name, args);
         var pluginConfig = HostConfiguration.LoadPlugins(args);
         args.ThrowOnUnused();
         ulong seed;
@@ -64,7 +69,7 @@ public sealed class GenerateCommand : ICliCommand
         else if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed) || seed == 0)
             throw new CliException($"{Name}: option '--seed' has value '{seedText}': expected a positive integer");
 
-        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig);
+        var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig, quantize);
         using (plugins)
         using (model)
         {

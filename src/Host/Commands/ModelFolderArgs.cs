@@ -1,4 +1,6 @@
 using Peft.Host.Cli;
+using Peft.Host.Composition;
+using Peft.Host.Plugins;
 using Peft.Host.Model;
 using Peft.Host.Tokenization;
 
@@ -7,7 +9,11 @@ namespace Peft.Host.Commands;
 /// <summary>Opening the <c>--model DIR</c> folder shared by generate and eval.</summary>
 internal static class ModelFolderArgs
 {
-    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir)
+    /// <summary>
+    /// Open the folder. A quantized folder (config.json with quantization_config) is rebuilt through the quantizer
+    /// plugin that reads it, so it needs <paramref name="catalog"/>.
+    /// </summary>
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null)
     {
         if (!Directory.Exists(dir)) throw new CliException($"{verb}: option '--model': '{dir}' is not a folder");
         var config = LlamaConfig.Load(Path.Combine(dir, HfModelFolder.ConfigFile));
@@ -17,7 +23,10 @@ internal static class ModelFolderArgs
         { throw new CliException($"{verb}: {e.Message} (import-llama2c writes a tokenizer.model; HF folders carry tokenizer.json)"); }
         if (tokenizer.VocabSize > config.VocabSize)
             throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
-        var model = HfModelFolder.Load(dir);
+        LlamaForCausalLM model;
+        if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null) model = HfModelFolder.Load(dir);
+        else if (catalog is null) throw new CliException($"{verb}: '{dir}' is a quantized model folder; loading it needs the quantizer plugins");
+        else model = QuantizedModelFolder.Load(dir, catalog);
         if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
         {
             model.Dispose();
@@ -27,23 +36,37 @@ internal static class ModelFolderArgs
     }
 
     /// <summary>
-    /// <see cref="Open"/>, then the <c>--adapter</c> folder (when given) attached through the loaded plugins.
-    /// Dispose the returned plugins handle after the model.
+    /// <see cref="Open"/> (a quantized folder through the plugins), then <c>--quantize</c> (when given) and the
+    /// <c>--adapter</c> folder (when given) through the loaded plugins. Dispose the returned plugins handle after the model.
     /// </summary>
     public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer, IDisposable? Plugins) OpenWithAdapter(string verb, string dir, string? adapterDir, CliContext context,
-        Microsoft.Extensions.Configuration.IConfiguration plugins)
+        Microsoft.Extensions.Configuration.IConfiguration plugins, QuantizeArgs? quantize = null)
     {
-        var (model, tokenizer) = Open(verb, dir);
-        if (adapterDir is null) return (model, tokenizer, null);
+        if (adapterDir is not null && !Directory.Exists(adapterDir)) throw new CliException($"{verb}: option '--adapter': '{adapterDir}' is not a folder");
+        bool quantizedFolder = Directory.Exists(dir) && QuantizedModelFolder.ReadQuantizationConfig(dir) is not null;
+        if (adapterDir is null && quantize is null && !quantizedFolder)
+        {
+            var (plain, tok) = Open(verb, dir);
+            return (plain, tok, null);
+        }
+        var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, plugins);
+        LlamaForCausalLM? model = null;
         try
         {
-            var (catalog, _) = AdapterAttachment.Attach(verb, adapterDir, model, context, plugins);
-            RefuseNonFiniteAdapter(verb, adapterDir, model, catalog);
+            (model, var tokenizer) = Open(verb, dir, catalog);
+            quantize?.Apply(verb, catalog, model);
+            if (adapterDir is not null)
+            {
+                AdapterAttachment.AttachWith(catalog, adapterDir, model);
+                if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
+                    throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+            }
             return (model, tokenizer, catalog);
         }
         catch
         {
-            model.Dispose();
+            model?.Dispose();
+            catalog.Dispose();
             throw;
         }
     }

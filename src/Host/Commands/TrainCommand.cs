@@ -83,7 +83,7 @@ public sealed class TrainCommand : ICliCommand
             Llama2cImporter.Import(import.Checkpoint!, import.Tokenizer!, modelDir);
         }
 
-        var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir);
+        var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir, catalog);
         using (model)
         {
             // The seed fixes the adapter's initialisation as well as dropout and data order.

@@ -101,16 +101,7 @@ public static class PeftComposer
     {
         // 1. quantizer: the slots it selects (default: every decoder projection; target_modules / skip_modules);
         //    the replaced full-precision layer is freed
-        if (plan.Quantizer is { } quantizer)
-        {
-            foreach (var slot in quantizer.SelectTargets(model.LinearSlots, plan.Quantization!.Section))
-            {
-                var replaced = model.GetLinear(slot.Name);
-                var quantized = quantizer.Quantize(slot.Name, replaced, plan.Quantization!.Section);
-                model.SetLinear(slot.Name, quantized);
-                if (!ReferenceEquals(quantized, replaced)) replaced.Module.Dispose();
-            }
-        }
+        if (plan.Quantizer is { } quantizer) ApplyQuantization(quantizer, plan.Quantization!.Section, model);
 
         // 2. method: freeze everything, then the adapter's parameters are the trainable ones
         IAdapter? adapter = null;
@@ -142,5 +133,21 @@ public static class PeftComposer
         var optimizer = plan.OptimizerStrategy.Create(model, trainable, settings, plan.OptimizerSelection?.Section ?? root.GetSection("optimizer"));
 
         return new ComposedRun(adapter, plan.MethodName, plan.Quantization?.Name, trainable, optimizer, hooks);
+    }
+
+    /// <summary>
+    /// Replace the slots <paramref name="quantizer"/> selects with quantized layers and free the layers replaced. A slot
+    /// that already holds a quantized layer (a model folder saved quantized) is kept as it is: no re-quantization.
+    /// </summary>
+    public static void ApplyQuantization(IQuantizer quantizer, IConfigurationSection section, IPeftModel model)
+    {
+        foreach (var slot in quantizer.SelectTargets(model.LinearSlots, section))
+        {
+            var replaced = model.GetLinear(slot.Name);
+            if (replaced is IQuantizedLinear) continue;
+            var quantized = quantizer.Quantize(slot.Name, replaced, section);
+            model.SetLinear(slot.Name, quantized);
+            if (!ReferenceEquals(quantized, replaced)) replaced.Module.Dispose();
+        }
     }
 }

@@ -1,0 +1,197 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.DependencyInjection;
+using Peft.Abstractions.Model;
+using Peft.Abstractions.Quantization;
+using Peft.Host.Formats;
+using Peft.Host.Model;
+using Peft.Host.Plugins;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Peft.Host.Composition;
+
+/// <summary>
+/// An HF model folder whose <c>config.json</c> carries a <c>quantization_config</c> (transformers' format, e.g.
+/// bitsandbytes 4-bit) and whose weight files hold the quantized layers as they were saved (bitsandbytes:
+/// <c>{m}.weight</c> packed uint8, <c>{m}.weight.absmax</c>, <c>{m}.weight.quant_map</c>, ...). Loading rebuilds
+/// each quantized layer through the quantizer plugin that reads the config (<see cref="IQuantizedCheckpointReader"/>),
+/// without re-quantizing; every other tensor loads like <see cref="HfModelFolder"/>.
+/// </summary>
+public static class QuantizedModelFolder
+{
+    public const string ConfigKey = "quantization_config";
+
+    /// <summary>The folder's quantization_config, or null for a full-precision folder.</summary>
+    public static JsonObject? ReadQuantizationConfig(string dir)
+    {
+        var path = Path.Combine(dir, HfModelFolder.ConfigFile);
+        if (!File.Exists(path)) return null;
+        JsonNode? node;
+        try { node = JsonNode.Parse(File.ReadAllText(path))?[ConfigKey]; }
+        catch (Exception e) when (e is JsonException or InvalidOperationException) { return null; }   // HfModelFolder reports it
+        if (node is null || node.GetValueKind() == JsonValueKind.Null) return null;
+        return node as JsonObject ?? throw new PeftFormatException($"{path}: '{ConfigKey}' is not a JSON object");
+    }
+
+    /// <summary>The loaded quantizer that reads <paramref name="quantizationConfig"/>, or a one-line error naming what the folder asks for.</summary>
+    public static (IQuantizer Quantizer, IQuantizedCheckpointReader Reader) ReaderFor(PluginCatalog catalog, JsonObject quantizationConfig, string source)
+    {
+        foreach (var q in catalog.Services.GetServices<IQuantizer>())
+            if (q is IQuantizedCheckpointReader r && r.Reads(quantizationConfig)) return (q, r);
+        var method = quantizationConfig["quant_method"]?.ToJsonString() ?? "(none)";
+        throw new PeftFormatException($"{source}: {ConfigKey} (quant_method {method}) is not read by any loaded quantizer (loaded: {string.Join(", ", catalog.QuantizerNames)})");
+    }
+
+    /// <summary>Load a quantized folder (fp32 storage for the full-precision tensors).</summary>
+    public static LlamaForCausalLM Load(string dir, PluginCatalog catalog)
+    {
+        var configPath = Path.Combine(dir, HfModelFolder.ConfigFile);
+        var qc = ReadQuantizationConfig(dir) ?? throw new PeftFormatException($"{configPath}: no {ConfigKey} (not a quantized model folder)");
+        var (_, reader) = ReaderFor(catalog, qc, configPath);
+        var config = LlamaConfig.Load(configPath);
+        config.OtherKeys.Remove(ConfigKey);   // the model in memory says what it holds; saving decides again
+        var model = new LlamaForCausalLM(config, ScalarType.Float32, initialize: false);
+        var tensors = ReadAll(dir);
+        try
+        {
+            foreach (var slot in model.LinearSlots)
+            {
+                var prefix = slot.Name + ".";
+                var own = tensors.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList();
+                var bySuffix = own.ToDictionary(k => k[prefix.Length..], k => tensors[k].Tensor, StringComparer.Ordinal);
+                if (!reader.IsQuantizedSlot(bySuffix.Keys)) continue;
+                var layer = reader.LoadQuantized(slot, bySuffix, qc);
+                var replaced = model.GetLinear(slot.Name);
+                model.SetLinear(slot.Name, layer);
+                replaced.Module.Dispose();
+                foreach (var k in own) { tensors[k].Tensor.Dispose(); tensors.Remove(k); }
+            }
+
+            var expected = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+            var loaded = new HashSet<string>(StringComparer.Ordinal);
+            using (torch.no_grad())
+                foreach (var (name, (file, t)) in tensors)
+                {
+                    if (name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue;
+                    if (config.TieWordEmbeddings && name == LlamaForCausalLM.HeadName + ".weight") continue;
+                    if (!expected.TryGetValue(name, out var target))
+                        throw new PeftFormatException($"{file}: unexpected tensor '{name}' (neither a parameter of LlamaForCausalLM nor part of a quantized layer)");
+                    if (!t.shape.SequenceEqual(target.shape))
+                        throw new PeftFormatException($"{file}: tensor '{name}' has shape [{string.Join(", ", t.shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
+                    if (t.dtype is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16))
+                        throw new PeftFormatException($"{file}: tensor '{name}' has dtype {t.dtype}; expected F32, F16 or BF16");
+                    target.copy_(t);
+                    loaded.Add(name);
+                }
+            var missing = expected.Keys.Where(k => !loaded.Contains(k)).ToList();
+            if (missing.Count > 0)
+                throw new PeftFormatException($"{dir}: missing tensor '{missing[0]}'" + (missing.Count > 1 ? $" (and {missing.Count - 1} more)" : "") + " required by config.json");
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var (_, t) in tensors.Values) t.Dispose();
+        }
+    }
+
+    static Dictionary<string, (string File, Tensor Tensor)> ReadAll(string dir)
+    {
+        var files = new List<string>();
+        var index = Path.Combine(dir, HfModelFolder.IndexFile);
+        if (File.Exists(index))
+        {
+            try
+            {
+                var map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"] as JsonObject ?? throw new JsonException("no \"weight_map\" object");
+                foreach (var f in map.Select(kv => kv.Value?.GetValue<string>() ?? "").Distinct().Order(StringComparer.Ordinal))
+                {
+                    if (f.Length == 0 || f.Contains('/') || f.Contains('\\') || f.StartsWith('.'))
+                        throw new PeftFormatException($"{index}: weight_map names '{f}', which is not a file in the folder");
+                    files.Add(Path.Combine(dir, f));
+                }
+            }
+            catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+            { throw new PeftFormatException($"{index}: not a valid safetensors index ({e.Message})"); }
+        }
+        else files.Add(Path.Combine(dir, HfModelFolder.WeightsFile));
+
+        var all = new Dictionary<string, (string, Tensor)>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var file in files)
+                foreach (var (name, t) in Safetensors.Load(file))
+                {
+                    if (!all.TryAdd(name, (file, t)))
+                    {
+                        t.Dispose();
+                        throw new PeftFormatException($"{file}: tensor '{name}' appears in more than one file");
+                    }
+                }
+        }
+        catch
+        {
+            foreach (var (_, t) in all.Values) t.Dispose();
+            throw;
+        }
+        return all;
+    }
+
+    /// <summary>
+    /// Write <paramref name="model"/> with its quantized slots as they are held (<see cref="IQuantizedLinear.CheckpointTensors"/>)
+    /// and <paramref name="quantizationConfig"/> in config.json; every other tensor in fp32. Atomic, like <see cref="HfModelFolder.Write"/>.
+    /// </summary>
+    public static void Save(LlamaForCausalLM model, string dir, JsonObject quantizationConfig, IReadOnlyList<string>? tokenizerFiles = null)
+    {
+        var tensors = HfModelFolder.StateDict(model);
+        try
+        {
+            foreach (var slot in model.LinearSlots)
+            {
+                if (model.GetLinear(slot.Name) is not IQuantizedLinear q) continue;
+                for (int i = tensors.Count - 1; i >= 0; i--)
+                    if (tensors[i].Name == slot.Name + ".weight" || tensors[i].Name == slot.Name + ".bias")
+                    {
+                        tensors[i].Tensor.Dispose();
+                        tensors.RemoveAt(i);
+                    }
+                foreach (var (suffix, t) in q.CheckpointTensors()) tensors.Add(($"{slot.Name}.{suffix}", t));
+            }
+            var json = JsonNode.Parse(model.Config.ToJson(HfModelFolder.DtypeName(model.StorageDtype)))!.AsObject();
+            json[ConfigKey] = quantizationConfig.DeepClone();
+            var config = LlamaConfig.FromJson(json.ToJsonString(), Path.Combine(dir, HfModelFolder.ConfigFile));
+            HfModelFolder.Write(dir, config, HfModelFolder.DtypeName(model.StorageDtype), tensors, tokenizerFiles: tokenizerFiles);
+        }
+        finally
+        {
+            foreach (var (_, t) in tensors) t.Dispose();
+        }
+    }
+
+    /// <summary>Names of the linear slots a quantized model keeps in full precision (transformers' llm_int8_skip_modules).</summary>
+    public static IReadOnlyList<string> FullPrecisionSlots(IPeftModel model) =>
+        model.LinearSlots.Where(s => model.GetLinear(s.Name) is not IQuantizedLinear).Select(s => s.Name).ToList();
+
+    /// <summary>
+    /// Replace every quantized slot with a full-precision <see cref="BaseLinear"/> holding its dequantized weight
+    /// (merge's default: dequantize, then add the adapter in fp32). The quantized layers are freed.
+    /// </summary>
+    public static void Dequantize(LlamaForCausalLM model)
+    {
+        foreach (var slot in model.LinearSlots)
+        {
+            if (model.GetLinear(slot.Name) is not IQuantizedLinear q) continue;
+            var dense = new BaseLinear(slot.InFeatures, slot.OutFeatures, q.Bias is not null, model.StorageDtype, model.Device);
+            using (var w = q.DenseWeight())
+                dense.SetDenseWeight(w);
+            if (q.Bias is { } b) dense.SetBias(b);
+            model.SetLinear(slot.Name, dense);
+            q.Module.Dispose();
+        }
+    }
+}
