@@ -56,9 +56,9 @@ public sealed class MergeCommand : ICliCommand
             using (model)
             {
                 var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
-                ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, model, catalog);
                 using (catalog)
                 {
+                    ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, adapter);
                     SafeMerge(adapter);
                     HfModelFolder.Save(model, outDir, tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(modelDir));
                 }
@@ -83,8 +83,7 @@ public sealed class MergeCommand : ICliCommand
                 // Default: dequantize the base, then add the adapter in fp32 (a full-precision merged model).
                 if (!requantize) QuantizedModelFolder.Dequantize(model);
                 var adapter = AdapterAttachment.AttachWith(catalog, adapterDir, model);
-                if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
-                    throw new NonFiniteValuesException($"{Name}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+                ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, adapter);
                 SafeMerge(adapter);   // on a quantized slot: W' = deq(W) + s·BA, quantized again
                 var tokenizerFiles = Tokenization.TokenizerFolder.FilesIn(modelDir);
                 if (requantize) QuantizedModelFolder.Save(model, outDir, config!, tokenizerFiles);

@@ -55,12 +55,7 @@ internal static class ModelFolderArgs
         {
             (model, var tokenizer) = Open(verb, dir, catalog);
             quantize?.Apply(verb, catalog, model);
-            if (adapterDir is not null)
-            {
-                AdapterAttachment.AttachWith(catalog, adapterDir, model);
-                if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
-                    throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
-            }
+            if (adapterDir is not null) RefuseNonFiniteAdapter(verb, adapterDir, AdapterAttachment.AttachWith(catalog, adapterDir, model));
             return (model, tokenizer, catalog);
         }
         catch
@@ -71,12 +66,13 @@ internal static class ModelFolderArgs
         }
     }
 
-    /// <summary>After attaching an adapter: its tensors (the parameters the base model did not have) must be finite.</summary>
-    public static void RefuseNonFiniteAdapter(string verb, string adapterDir, LlamaForCausalLM model, IDisposable catalog)
+    /// <summary>
+    /// After attaching an adapter: its own tensors (named as in adapter_model.safetensors) must be finite. Only the
+    /// adapter's tensors are scanned; the base model's were checked when it loaded.
+    /// </summary>
+    public static void RefuseNonFiniteAdapter(string verb, string adapterDir, Peft.Abstractions.Methods.IAdapter adapter)
     {
-        var bad = NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter)));
-        if (bad is null) return;
-        catalog.Dispose();
-        throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+        if (NonFiniteValuesException.FirstNonFinite(adapter.GetStateDict().Select(kv => (kv.Key, kv.Value))) is { } bad)
+            throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
     }
 }
