@@ -15,7 +15,7 @@ using static TorchSharp.torch;
 namespace Peft.Tests.EndToEnd;
 
 /// <summary>GaLore (plugins/GaLore, loaded at run time) as the optimizer of full fine-tuning on the imported stories260K Llama.</summary>
-[Collection(Stories260KCollection.Name)]
+[Collection(SerialStories260KCollection.Name)]
 public sealed class GaLoreTrainingOnLlamaTests(Stories260KFixture fx)
 {
     static IConfigurationRoot Config(params (string Key, string Value)[] pairs) =>

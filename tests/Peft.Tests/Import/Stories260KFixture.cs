@@ -58,3 +58,13 @@ public sealed class Stories260KCollection : ICollectionFixture<Stories260KFixtur
 {
     public const string Name = "stories260K";
 }
+
+/// <summary>
+/// stories260K for tests whose results depend on torch's global generator (INT8 GaLore's stochastic rounding draws
+/// from it): they run alone, after the parallel collections, so no other test draws from the generator meanwhile.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SerialStories260KCollection : ICollectionFixture<Stories260KFixture>
+{
+    public const string Name = "stories260K, serial";
+}
