@@ -23,6 +23,9 @@ public sealed class BenchOptions
     public int Seed { get; private set; } = 1234;
     public string? Out { get; private set; }
 
+    /// <summary>training:loss_chunk_tokens of every framework child (null: the trainer's default; 0: full logits).</summary>
+    public int? LossChunkTokens { get; private set; }
+
     /// <summary>Set in a child: the one variant it measures.</summary>
     public Variant? One { get; private set; }
 
@@ -43,6 +46,7 @@ public sealed class BenchOptions
         "  --warmup-steps W    untimed optimizer steps first (default 2)\n" +
         "  --steps S           timed optimizer steps after the warm-up (default 6)\n" +
         "  --threads N         torch.set_num_threads in every child (default 2)\n" +
+        "  --loss-chunk-tokens N  training:loss_chunk_tokens in every child (default: the trainer's, 256; 0 = full logits)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
         "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
@@ -86,6 +90,7 @@ public sealed class BenchOptions
                 case "--steps": o.Steps = Int(1, 100_000); break;
                 case "--threads": o.Threads = Int(1, 1024); break;
                 case "--seed": o.Seed = Int(0, int.MaxValue); break;
+                case "--loss-chunk-tokens": o.LossChunkTokens = Int(0, 1 << 20); break;
                 case "--out":
                     var path = Value();
                     if (string.IsNullOrWhiteSpace(path)) throw new BenchUsageException("--out needs a file name");
@@ -126,6 +131,7 @@ public sealed class BenchOptions
         "--batch-size", Str(BatchSize), "--seq-len", Str(SeqLen),
         "--warmup-steps", Str(WarmupSteps), "--steps", Str(Steps),
         "--threads", Str(Threads), "--seed", Str(Seed),
+        .. (LossChunkTokens is { } c ? new[] { "--loss-chunk-tokens", Str(c) } : []),
     ];
 
     static string Str(int v) => v.ToString(CultureInfo.InvariantCulture);
