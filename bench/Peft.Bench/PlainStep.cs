@@ -21,15 +21,11 @@ public static class PlainStep
         bool lora = variant.Name == "plain-lora";
         var shape = Workload.Stories15MShape();
         torch.manual_seed(o.Seed);
-        var model = new PlainLlama(shape.VocabSize, shape.HiddenSize, shape.IntermediateSize, shape.NumHiddenLayers, shape.NumAttentionHeads, shape.RmsNormEps);
-        List<Parameter> trainable;
+        var model = new PlainLlama(shape.VocabSize, shape.HiddenSize, shape.IntermediateSize, shape.NumHiddenLayers, shape.NumAttentionHeads, shape.RmsNormEps,
+            loraR: lora ? 16 : 0);
         if (lora)
-        {
-            foreach (var p in model.parameters()) p.requires_grad_(false);
-            foreach (var layer in model.Layers) layer.AddLora(16, 32);
-            trainable = model.parameters().Where(p => p.requires_grad).ToList();
-        }
-        else trainable = model.parameters().ToList();
+            foreach (var (name, p) in model.named_parameters()) p.requires_grad_(name.Contains(".lora_"));
+        var trainable = model.parameters().Where(p => p.requires_grad).ToList();
         var optimizer = torch.optim.AdamW(trainable, lr: 1e-4, weight_decay: 0);
         var data = Workload.RandomTokens(o.BatchSize * (o.WarmupSteps + o.Steps), o.SeqLen, shape.VocabSize, o.Seed);
 
@@ -111,32 +107,24 @@ public static class PlainStep
     sealed class Block : Module<Tensor, Tensor, Tensor, Tensor>
     {
         readonly int heads;
-        Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
+        readonly Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
         readonly Linear gate_proj, up_proj, down_proj;
         readonly RmsNorm input_layernorm, post_attention_layernorm;
 
-        public Block(long dim, long hidden, int heads, double eps) : base(nameof(Block))
+        public Block(long dim, long hidden, int heads, double eps, int loraR) : base(nameof(Block))
         {
             this.heads = heads;
-            q_proj = Linear(dim, dim, hasBias: false); k_proj = Linear(dim, dim, hasBias: false);
-            v_proj = Linear(dim, dim, hasBias: false); o_proj = Linear(dim, dim, hasBias: false);
+            Module<Tensor, Tensor> Attn() => loraR > 0 ? new LoraLinear(Linear(dim, dim, hasBias: false), loraR, 2 * loraR) : Linear(dim, dim, hasBias: false);
+            q_proj = Attn(); k_proj = Attn(); v_proj = Attn(); o_proj = Attn();
             gate_proj = Linear(dim, hidden, hasBias: false); up_proj = Linear(dim, hidden, hasBias: false); down_proj = Linear(hidden, dim, hasBias: false);
             input_layernorm = new RmsNorm(dim, eps); post_attention_layernorm = new RmsNorm(dim, eps);
             RegisterComponents();
         }
 
-        public void AddLora(int r, int alpha)
-        {
-            q_proj = new LoraLinear((Linear)q_proj, r, alpha); k_proj = new LoraLinear((Linear)k_proj, r, alpha);
-            v_proj = new LoraLinear((Linear)v_proj, r, alpha); o_proj = new LoraLinear((Linear)o_proj, r, alpha);
-            foreach (var (name, m) in new[] { ("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj), ("o_proj", o_proj) })
-                register_module(name, m);
-        }
-
         static Tensor RotateHalf(Tensor x)
         {
             long half = x.shape[^1] / 2;
-            return torch.cat([-x[.., .., .., half..], x[.., .., .., ..(int)half]], -1);
+            return torch.cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
         }
 
         public override Tensor forward(Tensor x, Tensor cos, Tensor sin)
@@ -161,18 +149,17 @@ public static class PlainStep
         readonly ModuleList<Block> layers;
         readonly RmsNorm norm;
         readonly long headDim;
-        public IReadOnlyList<Block> Layers => layers;
 
-        public PlainLlama(long vocab, long dim, long hidden, int layerCount, int heads, double eps) : base(nameof(PlainLlama))
+        public PlainLlama(long vocab, long dim, long hidden, int layerCount, int heads, double eps, int loraR) : base(nameof(PlainLlama))
         {
             embed_tokens = Embedding(vocab, dim);
-            layers = new ModuleList<Block>(Enumerable.Range(0, layerCount).Select(_ => new Block(dim, hidden, heads, eps)).ToArray());
+            layers = new ModuleList<Block>(Enumerable.Range(0, layerCount).Select(_ => new Block(dim, hidden, heads, eps, loraR)).ToArray());
             norm = new RmsNorm(dim, eps);
             headDim = dim / heads;
             RegisterComponents();
             using var noGrad = torch.no_grad();
             foreach (var (name, p) in named_parameters())
-                if (!name.EndsWith("norm.weight", StringComparison.Ordinal)) p.normal_(0, 0.02);
+                if (!name.EndsWith("norm.weight", StringComparison.Ordinal) && !name.Contains(".lora_")) p.normal_(0, 0.02);
         }
 
         public override Tensor forward(Tensor ids)

@@ -26,6 +26,21 @@ if (options.Help)
     return 0;
 }
 
+if (options.VocabChild is { } vocabChild)
+{
+    try
+    {
+        Console.WriteLine(VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options).ToLine());
+        return 0;
+    }
+    catch (Exception e)
+    {
+        Console.Error.WriteLine($"Peft.Bench --vocab-child: {e}");
+        return 1;
+    }
+}
+if (options.VocabScaling) return VocabScaling.Run(options, args);
+
 if (options.One is { } one)
 {
     // child: one measurement, one JSON line on stdout
