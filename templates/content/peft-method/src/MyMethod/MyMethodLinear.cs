@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using Peft.Abstractions.Model;
 using TorchSharp;
 using TorchSharp.Modules;
+using TorchSharp.Utils;
 using static TorchSharp.torch;
 
 namespace MyMethod;
