@@ -57,7 +57,7 @@ public static class AbstractionsCompatibility
         }
         catch (Exception e) when (e is BadImageFormatException or IOException or InvalidOperationException)
         {
-            throw new PluginLoadException(assemblyPath, $"cannot read the assembly's metadata: {e.GetType().Name}: {e.Message}", e);
+            return; // not a readable assembly: loading it reports that (naming the file)
         }
         if (built is null) return; // the entry point check reports a plugin that does not use the contracts
         if (Incompatibility(built, HostVersion) is { } reason)

@@ -101,7 +101,7 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
         ia3["provides"]!["methods"]!.AsArray().Select(n => (string)n!).Should().Equal("ia3");
     }
 
-    string Train(string method, string outDir, int steps, double learningRate)
+    (string Adapter, string Out) Train(string method, string outDir, int steps, double learningRate)
     {
         var config = Path.Combine(fx.NewDir("cfg"), "train.json");
         Directory.CreateDirectory(Path.GetDirectoryName(config)!);
@@ -118,7 +118,7 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
         """);
         var r = Peft("train", "--config", config, "--plugins", fx.PluginsDir);
         r.Code.Should().Be(0, r.Err + r.Out);
-        return Path.Combine(outDir, "adapter");
+        return (Path.Combine(outDir, "adapter"), r.Out + r.Err);
     }
 
     static List<double> EvalLosses(string outDir) =>
@@ -131,7 +131,7 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
     public void The_generated_method_trains_on_stories260K_through_the_host()
     {
         var outDir = fx.NewDir("scaler");
-        var adapter = Train("""{ "name": "scaler", "target_modules": ["q_proj", "v_proj"] }""", outDir, steps: 4, learningRate: 0.01);
+        var (adapter, _) = Train("""{ "name": "scaler", "target_modules": ["q_proj", "v_proj"] }""", outDir, steps: 4, learningRate: 0.01);
 
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!;
         ((string)config["peft_type"]!).Should().Be("SCALER");
@@ -222,8 +222,12 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
     public void IA3_trains_on_stories260K_lowers_the_held_out_loss_and_merges_to_the_adapters_loss()
     {
         var outDir = fx.NewDir("ia3");
-        var adapter = Train("""{ "name": "ia3" }""", outDir, steps: 10, learningRate: 0.05);
+        var (adapter, log) = Train("""{ "name": "ia3" }""", outDir, steps: 10, learningRate: 0.05);
 
+        // held-out loss before training (the trainer's step-0 evaluation) and at steps 5 and 10
+        var before = System.Text.RegularExpressions.Regex.Match(log, @"step 0: eval loss ([0-9.]+) .*\(before training\)");
+        before.Success.Should().BeTrue(log);
+        double initial = double.Parse(before.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
         var evals = EvalLosses(outDir);
         evals.Should().HaveCount(2);
 
@@ -255,7 +259,8 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
         var g = Peft("generate", "--model", fx.ModelDir, "--adapter", adapter, "--plugins", fx.Ia3Plugin, "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1");
         g.Code.Should().Be(0, g.Err);
 
-        // training lowered the held-out loss (validation split of the training data)
+        // training lowered the held-out loss (validation split of the training data), and kept lowering it
+        evals[0].Should().BeLessThan(initial);
         evals[1].Should().BeLessThan(evals[0]);
     }
 }
