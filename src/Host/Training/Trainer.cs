@@ -71,6 +71,8 @@ public static class Trainer
         int startStep = step;
 
         var metrics = new MetricsLog(run.OutputDirectory, startStep);
+        if (startStep == 0 && run.BaselineEvaluation is { } baseline)
+            metrics.LogEval(0, baseline.Loss, baseline.CountedTokens, 0);
         var sampler = new EpochSampler(run.Data.Train.Count, o.BatchSize, o.Seed, run.Data.ShuffleTrain, position);
         var context = new TrainingContext
         {
@@ -100,6 +102,7 @@ public static class Trainer
             double windowLoss = 0, windowSeconds = 0, windowGradNorm = 0;
             long windowTokens = 0;
             int windowSteps = 0;
+            (double Loss, int FromStep, int ToStep)? lastLogged = null;
             while (step < totalSteps)
             {
                 if (cancellation.IsCancellationRequested) { interrupted = true; break; }
@@ -142,6 +145,7 @@ public static class Trainer
                 }
                 sink.OnStep(new StepReport(step, totalSteps, startStep, logStep ? windowLoss / windowSteps : loss, lr,
                     logStep ? windowGradNorm / windowSteps : gradNorm, tokensPerSecond, clock.Elapsed, logStep));
+                if (logStep) lastLogged = (windowLoss / windowSteps, step - windowSteps + 1, step);
                 if (logStep) { windowLoss = 0; windowGradNorm = 0; windowSeconds = 0; windowTokens = 0; windowSteps = 0; }
 
                 bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
@@ -161,6 +165,7 @@ public static class Trainer
                 }
             }
 
+            sink.Finish();
             if (interrupted && step > lastCheckpoint)
             {
                 SaveCheckpoint(run, step, totalSteps, sampler.Position, steps.Count > 0 ? steps[^1].Loss : null, Elapsed());
@@ -174,13 +179,18 @@ public static class Trainer
                 ValidationExamples = run.Data.Validation.Count,
                 TotalSteps = totalSteps,
                 FinalStep = step,
-                FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
+                // the last printed (and logged) loss: the mean over the steps since the previous log line
+                FinalLoss = lastLogged?.Loss,
+                FinalLossSteps = lastLogged is { } w ? [w.FromStep, w.ToStep] : null,
+                LastStepLoss = steps.Count > 0 ? steps[^1].Loss : null,
                 FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
                 ElapsedSeconds = Math.Round(Elapsed(), 3),
                 Hooks = HookStates.Save(run.Hooks),
             };
             sink.WriteLine(summary.Describe());
-            sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
+            var finalLoss = summary.FinalLoss is { } fl && summary.FinalLossSteps is [var from, var to]
+                ? string.Create(CultureInfo.InvariantCulture, $" (final loss {fl:0.0000}, mean of steps {from}-{to})") : "";
+            sink.WriteLine(interrupted ? $"interrupted after step {step}{finalLoss}; continue with training:resume = latest" : $"done: {step} steps{finalLoss}, result in {run.OutputDirectory}");
         });
 
         AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
