@@ -99,6 +99,8 @@ public static class Trainer
             model.Module.train();
             run.Optimizer.ZeroGrad();
 
+            long peakGradients = 0;
+            long? lastStepActivations = null;
             double windowLoss = 0, windowSeconds = 0, windowGradNorm = 0;
             long windowTokens = 0;
             int windowSteps = 0;
@@ -118,8 +120,13 @@ public static class Trainer
                     micro.Add(BatchCollator.Collate(sampler.NextBatch().Select(i => run.Data.Train[i]).ToList(), run.Data.PadId));
                 int countedTokens = micro.Sum(m => m.CountedTokens);
                 double lossSum = 0;
+                lastStepActivations = null; // the last step's (the first one's include one-time allocations)
                 foreach (var batch in micro)
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1);
+                {
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, out var activations);
+                    if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
+                }
+                peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
@@ -186,8 +193,10 @@ public static class Trainer
                 FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
                 ElapsedSeconds = Math.Round(Elapsed(), 3),
                 Hooks = HookStates.Save(run.Hooks),
+                HeldMemory = HeldMemory.Measure(model, trainable, run.Optimizer, peakGradients, lastStepActivations),
             };
             sink.WriteLine(summary.Describe());
+            sink.WriteLine(summary.HeldMemory!.Describe());
             var finalLoss = summary.FinalLoss is { } fl && summary.FinalLossSteps is [var from, var to]
                 ? string.Create(CultureInfo.InvariantCulture, $" (final loss {fl:0.0000}, mean of steps {from}-{to})") : "";
             sink.WriteLine(interrupted ? $"interrupted after step {step}{finalLoss}; continue with training:resume = latest" : $"done: {step} steps{finalLoss}, result in {run.OutputDirectory}");
@@ -206,13 +215,16 @@ public static class Trainer
         };
     }
 
-    /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber)
+    /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
+    /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, out long? activations)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
+        long? heapBefore = ProcessMemory.HeapInUse();
         var logits = model.Logits(inputIds);
         var sum = CausalLmLoss.Sum(logits, labels);
+        activations = heapBefore is { } hb && ProcessMemory.HeapInUse() is { } ha ? ha - hb : null;
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
         var scaled = sum / stepTokens;

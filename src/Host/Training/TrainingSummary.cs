@@ -40,6 +40,10 @@ public sealed record TrainingSummary
     [JsonPropertyName("final_eval_loss")] public double? FinalEvalLoss { get; init; }
     [JsonPropertyName("elapsed_s")] public double ElapsedSeconds { get; init; }
 
+    /// <summary>What the run holds, measured from its tensors (see <see cref="Training.HeldMemory"/>); what <c>peft plan --config</c> predicts.</summary>
+    [JsonPropertyName("held_memory"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public HeldMemory? HeldMemory { get; init; }
+
     /// <summary>The training hooks' final states (LISA: the layers active in each interval), as in checkpoints; absent without hooks.</summary>
     [JsonPropertyName("hooks"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public System.Text.Json.Nodes.JsonArray? Hooks { get; init; }
