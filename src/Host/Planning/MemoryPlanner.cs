@@ -208,7 +208,7 @@ public static class MemoryPlanner
             bool upcast = s.Precision == PlanPrecision.Fp32 && !full && !hookLayerWeights && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
             bool outsideTrains = full || (hookOutside && activeLayers is not null && !full);
             acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: outsideTrains, HeadTrains: outsideTrains,
-                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null));
+                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null, s.LossChunkTokens));
             if (upcast) notes.Add("the frozen base is stored in 16 bits and up-cast per call; autograd keeps each up-cast copy a gradient passes through (counted in activations)");
             if (quantSel is not null) notes.Add("activations do not include dequantized weight copies a quantizer's backward may keep (its plugin's concern)");
         }

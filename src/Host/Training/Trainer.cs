@@ -123,7 +123,7 @@ public static class Trainer
                 lastStepActivations = null; // the last step's (the first one's include one-time allocations)
                 foreach (var batch in micro)
                 {
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, out var activations);
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations);
                     if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
                 }
                 peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
@@ -158,7 +158,7 @@ public static class Trainer
                 bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
                 if (evalStep)
                 {
-                    var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId);
+                    var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId, o.LossChunkTokens);
                     evaluations.Add(new EvalRecord(step, evalLoss, evalTokens));
                     metrics.LogEval(step, evalLoss, evalTokens, Elapsed());
                     sink.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {step}: eval loss {evalLoss:0.0000} over {evalTokens} tokens"));
@@ -217,13 +217,12 @@ public static class Trainer
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
     /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, out long? activations)
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
         long? heapBefore = ProcessMemory.HeapInUse();
-        var logits = model.Logits(inputIds);
-        var sum = CausalLmLoss.Sum(logits, labels);
+        var sum = CausalLmLoss.Sum(model, inputIds, labels, lossChunkTokens);
         activations = heapBefore is { } hb && ProcessMemory.HeapInUse() is { } ha ? ha - hb : null;
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
@@ -233,7 +232,8 @@ public static class Trainer
     }
 
     /// <summary>Mean loss over the counted tokens of the first <paramref name="maxBatches"/> held-out micro-batches (0 = all), in file order.</summary>
-    public static (double Loss, long Tokens) Evaluate(Model.ICausalLanguageModel model, IReadOnlyList<TokenizedExample> examples, int batchSize, int maxBatches, int padId)
+    public static (double Loss, long Tokens) Evaluate(Model.ICausalLanguageModel model, IReadOnlyList<TokenizedExample> examples, int batchSize, int maxBatches, int padId,
+        int lossChunkTokens = CausalLmLoss.DefaultChunkTokens)
     {
         model.Module.eval();
         try
@@ -248,7 +248,7 @@ public static class Trainer
                 using var scope = torch.NewDisposeScope();
                 var batch = BatchCollator.Collate(examples.Skip(start).Take(batchSize).ToList(), padId);
                 var (inputIds, labels) = batch.ToTensors(model.Device);
-                sum += CausalLmLoss.Sum(model.Logits(inputIds), labels).item<float>();
+                sum += CausalLmLoss.Sum(model, inputIds, labels, lossChunkTokens).item<float>();
                 tokens += batch.CountedTokens;
                 batches++;
             }
