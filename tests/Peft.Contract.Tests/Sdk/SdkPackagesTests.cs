@@ -123,7 +123,7 @@ public sealed class SdkPackagesTests(SdkFixture fx) : IClassFixture<SdkFixture>
 
     static List<double> EvalLosses(string outDir) =>
         File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject())
-            .Where(m => m.ContainsKey("eval_loss")).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+            .Where(m => m.ContainsKey("eval_loss") && (int)m["step"]! > 0).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
 
     static double JsonLoss(string stdout) => JsonNode.Parse(stdout.TrimEnd().Split('\n')[^1])!["loss"]!.GetValue<double>();
 
