@@ -19,6 +19,7 @@ public static class CommandLine
         new PlanCommand(),
         new RecommendCommand(),
         new QuantizeCommand(),
+        new CompareCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

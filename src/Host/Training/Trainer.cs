@@ -86,6 +86,7 @@ public static class Trainer
         bool interrupted = false;
         int lastCheckpoint = startStep;
         var summary = TrainingSummary.Measure(model, trainable, run.Optimizer);
+        using var precision = MixedPrecision.For(o, trainable, run.Optimizer); // training:precision (fp32: does nothing)
 
         run.Progress.Run(startStep, totalSteps, sink =>
         {
@@ -115,16 +116,19 @@ public static class Trainer
                     micro.Add(BatchCollator.Collate(sampler.NextBatch().Select(i => run.Data.Train[i]).ToList(), run.Data.PadId));
                 int countedTokens = micro.Sum(m => m.CountedTokens);
                 double lossSum = 0;
+                precision.BeginStep();
                 foreach (var batch in micro)
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1);
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, precision.LossScale);
+                bool applied = precision.EndBackward(); // false: fp16 overflow, the step is skipped
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
 
-                double gradNorm = GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm);
+                double gradNorm = applied ? GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm) : 0;
                 if (!double.IsFinite(gradNorm))
                     throw new TrainingException($"the gradient norm is {gradNorm.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged");
-                run.Optimizer.Step(lr);
+                if (applied) run.Optimizer.Step(lr);
+                else metrics.LogEvent(step + 1, new System.Text.Json.Nodes.JsonObject { ["precision"] = precision.Mode, ["skipped"] = true, ["loss_scale"] = precision.LossScale });
                 run.Optimizer.ZeroGrad();
                 foreach (var hook in run.Hooks) hook.OnStepEnd(context);
                 step++;
@@ -180,6 +184,7 @@ public static class Trainer
                 Hooks = HookStates.Save(run.Hooks),
             };
             sink.WriteLine(summary.Describe());
+            if (precision.Active) sink.WriteLine(precision.Describe());
             sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
         });
 
@@ -197,7 +202,7 @@ public static class Trainer
     }
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber)
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, double lossScale = 1)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
@@ -205,7 +210,7 @@ public static class Trainer
         var sum = CausalLmLoss.Sum(logits, labels);
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
-        var scaled = sum / stepTokens;
+        var scaled = lossScale == 1 ? sum / stepTokens : sum * (lossScale / stepTokens);
         scaled.backward();
         return sum.item<float>();
     }
