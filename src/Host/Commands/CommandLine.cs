@@ -20,6 +20,7 @@ public static class CommandLine
         new RecommendCommand(),
         new QuantizeCommand(),
         new CompareCommand(),
+        new AnalyzeCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)
