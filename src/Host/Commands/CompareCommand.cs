@@ -205,7 +205,7 @@ public sealed class CompareCommand : ICliCommand
         {
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
             if (data.Validation.Count == 0) return null;
-            return Trainer.Evaluate(model, data.Validation, cfg.Training.BatchSize, cfg.Training.EvalBatches, data.PadId).Loss;
+            return Trainer.Evaluate(model, data.Validation, cfg.Training.BatchSize, cfg.Training.EvalBatches, data.PadId, cfg.Training.LossChunkTokens).Loss;
         }
     }
 
