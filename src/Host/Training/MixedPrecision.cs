@@ -106,7 +106,7 @@ public sealed class MixedPrecision : IDisposable
         foreach (var (p, master) in _slots)
         {
             using var scope = torch.NewDisposeScope();
-            var g = p.grad;
+            using var g = p.grad;
             if (g is not null)
             {
                 g.copy_(g.to(LowPrecision!.Value).to(ScalarType.Float32));
@@ -124,8 +124,8 @@ public sealed class MixedPrecision : IDisposable
         }
         foreach (var (p, _) in _slots)
         {
-            var g = p.grad;
-            if (g is not null) g.div_(LossScale);
+            using var g = p.grad; // the wrapper holds a reference to the gradient: dispose it, or the old gradient outlives ZeroGrad
+            g?.div_(LossScale);
         }
         if (++_goodSteps >= GrowthInterval)
         {
