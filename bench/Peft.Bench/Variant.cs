@@ -73,6 +73,9 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
         new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
         new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
+        new("full-bf16", "full fine-tuning, training:precision bf16-mixed (fp32 master + bf16 model copy)", new Dictionary<string, string?>(Full) { ["training:precision"] = "bf16-mixed" }, false, "full"),
+        new("full-fp16", "full fine-tuning, training:precision fp16-mixed (dynamic loss scaling)", new Dictionary<string, string?>(Full) { ["training:precision"] = "fp16-mixed" }, false, "full"),
+        new("lora-bf16", "LoRA r=16, training:precision bf16-mixed", new Dictionary<string, string?>(Lora) { ["training:precision"] = "bf16-mixed" }, false, "lora"),
         // The same-engine anchor: the step written by hand on TorchSharp (PlainStep), no framework code at all.
         new("plain-full", "hand-written TorchSharp step, full fine-tuning (torch.optim.AdamW, cross_entropy on full logits)", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),
         new("plain-lora", "hand-written TorchSharp step, LoRA r=16, alpha=32 on q,k,v,o", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),

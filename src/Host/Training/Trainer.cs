@@ -88,6 +88,7 @@ public static class Trainer
         bool interrupted = false;
         int lastCheckpoint = startStep;
         var summary = TrainingSummary.Measure(model, trainable, run.Optimizer);
+        using var precision = MixedPrecision.For(o, trainable, run.Optimizer); // training:precision (fp32: does nothing)
 
         run.Progress.Run(startStep, totalSteps, sink =>
         {
@@ -121,20 +122,23 @@ public static class Trainer
                 int countedTokens = micro.Sum(m => m.CountedTokens);
                 double lossSum = 0;
                 lastStepActivations = null; // the last step's (the first one's include one-time allocations)
+                precision.BeginStep();
                 foreach (var batch in micro)
                 {
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations);
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations, precision.LossScale);
                     if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
                 }
+                bool applied = precision.EndBackward(); // false: fp16 overflow, the step is skipped
                 peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
 
-                double gradNorm = GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm);
+                double gradNorm = applied ? GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm) : 0;
                 if (!double.IsFinite(gradNorm))
                     throw new TrainingException($"the gradient norm is {gradNorm.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged");
-                run.Optimizer.Step(lr);
+                if (applied) run.Optimizer.Step(lr);
+                else metrics.LogEvent(step + 1, new System.Text.Json.Nodes.JsonObject { ["precision"] = precision.Mode, ["skipped"] = true, ["loss_scale"] = precision.LossScale });
                 run.Optimizer.ZeroGrad();
                 foreach (var hook in run.Hooks) hook.OnStepEnd(context);
                 step++;
@@ -197,6 +201,7 @@ public static class Trainer
             };
             sink.WriteLine(summary.Describe());
             sink.WriteLine(summary.HeldMemory!.Describe());
+            if (precision.Active) sink.WriteLine(precision.Describe());
             var finalLoss = summary.FinalLoss is { } fl && summary.FinalLossSteps is [var from, var to]
                 ? string.Create(CultureInfo.InvariantCulture, $" (final loss {fl:0.0000}, mean of steps {from}-{to})") : "";
             sink.WriteLine(interrupted ? $"interrupted after step {step}{finalLoss}; continue with training:resume = latest" : $"done: {step} steps{finalLoss}, result in {run.OutputDirectory}");
@@ -217,7 +222,7 @@ public static class Trainer
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
     /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations)
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations, double lossScale = 1)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
@@ -226,7 +231,7 @@ public static class Trainer
         activations = heapBefore is { } hb && ProcessMemory.HeapInUse() is { } ha ? ha - hb : null;
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
-        var scaled = sum / stepTokens;
+        var scaled = lossScale == 1 ? sum / stepTokens : sum * (lossScale / stepTokens);
         scaled.backward();
         return sum.item<float>();
     }
