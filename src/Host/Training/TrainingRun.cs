@@ -34,6 +34,9 @@ public sealed class TrainingRun
 
     public ITrainingProgress Progress { get; init; } = TrainingProgress.Silent;
 
+    /// <summary>The ranks of a data-parallel run (<c>mpiexec -n N peft train</c>); a single process by default.</summary>
+    public Distributed.DataParallelism Parallel { get; init; } = Distributed.DataParallelism.Single;
+
     /// <summary>Draw loss_curve.png at the end (ScottPlot).</summary>
     public bool WriteLossCurve { get; init; } = true;
 }
