@@ -108,7 +108,7 @@ public sealed class TrainCommand : ICliCommand
         using var rankLog = parallel.IsWriter ? null : DistributedLaunch.RankLog(outputDir, parallel.Rank);
         var log = rankLog ?? context.Out;
         if (parallel.Enabled)
-            log.WriteLine($"rank {parallel.Rank} of {parallel.WorldSize} ({parallel.Communicator.Transport}): global batch {cfg.Training.BatchSize}, {cfg.Training.BatchSize / parallel.WorldSize} examples per rank" +
+            log.WriteLine($"rank {parallel.Rank} of {parallel.WorldSize} (pid {Environment.ProcessId}, {parallel.Communicator.Transport}): global batch {cfg.Training.BatchSize}, {cfg.Training.BatchSize / parallel.WorldSize} examples per rank" +
                           (distributed.Zero == 1 ? ", ZeRO-1 optimizer-state sharding" : ""));
 
         var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir, catalog);
@@ -118,7 +118,8 @@ public sealed class TrainCommand : ICliCommand
             torch.manual_seed(cfg.Training.Seed);
             var composed = PeftComposer.Compose(plan, model, root, cfg.Training.ToOptimizerSettings());
             var optimizerSection = plan.OptimizerSelection?.Section ?? root.GetSection("optimizer");
-            using var optimizer = DistributedLaunch.Optimizer(parallel, distributed, composed.Optimizer, plan.OptimizerStrategy, composed.TrainableParameters,
+            using var optimizer = DistributedLaunch.Optimizer(parallel, distributed, composed.Optimizer, plan.OptimizerStrategy, optimizerSection,
+                plan.Quantizer is not null && plan.Method is null && plan.OptimizerStrategy.TrainsQuantizedWeights, composed.TrainableParameters,
                 shard => plan.OptimizerStrategy.Create(model, shard, cfg.Training.ToOptimizerSettings(), optimizerSection));
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
             var (output, outputs) = TrainedBaseOutput.For(composed, model, modelDir, cfg.Output.MergeAdapter);
@@ -151,6 +152,9 @@ public sealed class TrainCommand : ICliCommand
                 }, signals.Token);
                 if (!result.Interrupted)
                     log.WriteLine($"{outputs} in {outputDir}");
+                if (parallel.Enabled)
+                    log.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"rank {parallel.Rank}: optimizer state held {optimizer.StateBytes} bytes; {parallel.CommunicationSeconds:0.000} s in communication over {result.Steps.Count} steps"));
                 if (result.Interrupted) context.Error.WriteLine($"peft train: stopped by {signals.SignalName} after step {result.FinalStep}; exit code {signals.ExitCode}");
                 return result.Interrupted ? signals.ExitCode : 0;
             }

@@ -44,18 +44,19 @@ public static class DistributedLaunch
     /// <c>distributed:zero = 1</c> a <see cref="ZeroShardedOptimizer"/> over per-rank optimizers built by the same strategy.
     /// An optimizer that updates inside the backward pass (GaLore layer-wise) cannot wait for the all-reduce and is refused.
     /// </summary>
-    public static IPeftOptimizer Optimizer(DataParallelism parallel, DistributedOptions options, IPeftOptimizer composed, IOptimizerStrategy strategy,
+    public static IPeftOptimizer Optimizer(DataParallelism parallel, DistributedOptions options, IPeftOptimizer composed, IOptimizerStrategy strategy, Microsoft.Extensions.Configuration.IConfiguration optimizerSection, bool optimizerTrainsQuantizedBase,
                                            IReadOnlyList<(string Name, Parameter Parameter)> trainable,
                                            Func<IReadOnlyList<(string Name, Parameter Parameter)>, IPeftOptimizer> createForShard)
     {
         if (!parallel.Enabled) return composed;
-        if (composed is IBackwardStepOptimizer)
+        // an IBackwardStepOptimizer is told about each step; only a layer-wise one also updates inside the backward pass
+        if (composed is IBackwardStepOptimizer && string.Equals(optimizerSection["layerwise"], "true", StringComparison.OrdinalIgnoreCase))
+            throw new PeftConfigurationException("optimizer:layerwise", "true",
+                $"makes optimizer '{strategy.Name}' update parameters during the backward pass, before the gradients of {parallel.WorldSize} ranks can be all-reduced; set it to false for data-parallel training");
+        if (optimizerTrainsQuantizedBase)
             throw new PeftConfigurationException("optimizer", strategy.Name,
-                $"updates parameters during the backward pass (layer-wise), before the gradients of {parallel.WorldSize} ranks can be all-reduced; turn layer-wise off for data-parallel training");
+                $"trains the quantized base weights itself, outside the trainable parameters whose gradients the {parallel.WorldSize} ranks all-reduce; train such a run in one process");
         if (options.Zero == 0) return composed;
-        if (strategy.TrainsQuantizedWeights)
-            throw new PeftConfigurationException("distributed:zero", "1",
-                $"cannot shard optimizer '{strategy.Name}': it trains quantized weights outside the trainable parameter list; use distributed:zero = 0");
         composed.Dispose();
         return new ZeroShardedOptimizer(trainable, parallel.Communicator, createForShard, options.BucketBytes);
     }
