@@ -25,6 +25,8 @@ public static class ChildRun
             int examples = o.BatchSize * Math.Max(4, o.WarmupSteps + o.Steps);
             var data = Workload.RandomTokens(examples, o.SeqLen, model.Config.VocabSize, o.Seed);
 
+            using var parallel = variant.Ranks > 1 ? Peft.Host.Distributed.DistributedLaunch.FromEnvironment(new Peft.Host.Distributed.DistributedOptions())
+                                                   : Peft.Host.Distributed.DataParallelism.Single;
             var progress = new StepClock();
             long rssBefore = ProcessMemory.CurrentRssBytes();
             // The model was prepared (base dtype, activation checkpointing) by the composer in ComposedWorkload.
@@ -40,6 +42,7 @@ public static class ChildRun
                 Output = new NoOutput(),
                 Progress = progress,
                 WriteLossCurve = false,
+                Parallel = parallel,
             });
             long peak = ProcessMemory.PeakRssBytes();
 
@@ -75,6 +78,8 @@ public static class ChildRun
                 FirstLoss = result.Steps[0].Loss,
                 LastLoss = result.Steps[^1].Loss,
                 StoredWeightBytes = StoredWeightBytes(model),
+                Ranks = parallel.WorldSize,
+                CommunicationShare = parallel.Enabled ? Math.Round(parallel.CommunicationSeconds / ends[^1], 4) : null,
                 PeakGradientBytes = optimizer is Peft.Abstractions.Optimization.IBackwardStepOptimizer b ? b.PeakGradientBytes : null,
             };
         }

@@ -5,7 +5,7 @@ namespace Peft.Bench;
 /// whether <c>training:activation_checkpointing</c> is on. To add a variant, add a line to <see cref="All"/>.
 /// </summary>
 public sealed record Variant(string Name, string Description, IReadOnlyDictionary<string, string?> MethodSection, bool ActivationCheckpointing,
-    string? BaselineName = null)
+    string? BaselineName = null, int Ranks = 1)
 {
     /// <summary>LoRA as the issue asks: r = 16, alpha = 32, no dropout, on the attention projections.</summary>
     static readonly Dictionary<string, string?> Lora = new()
@@ -73,6 +73,8 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
         new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
         new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
+        new("full-dp2", "full fine-tuning on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with full", Full, false, "full", Ranks: 2),
+        new("lora-dp2", "LoRA on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with lora", Lora, false, "lora", Ranks: 2),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>
