@@ -132,6 +132,19 @@ public sealed class DataParallelTests(Stories260KFixture fx)
     }
 
     [Fact]
+    public void A_single_process_without_mpiexec_trains_without_loading_MPI()
+    {
+        var work = fx.NewDir("dp-single");
+        var output = Path.Combine(work, "run");
+        Environment.GetEnvironmentVariable(Host.Distributed.DistributedLaunch.SizeVariable).Should().BeNull("the test runner is not an MPI rank");
+        var (code, stdout, stderr) = RunKit.Peft("train", "--config", Config(work, output, "lora", maxSteps: 2, zero: 1));
+        code.Should().Be(0, stderr);
+        stdout.Should().NotContain("rank 0 of");
+        Directory.Exists(Path.Combine(output, "logs")).Should().BeFalse();
+        AppDomain.CurrentDomain.GetAssemblies().Select(a => a.GetName().Name).Should().NotContain("MPI", "MPI.NET is loaded only under mpiexec");
+    }
+
+    [Fact]
     public void A_global_batch_that_does_not_split_across_the_ranks_is_refused_naming_both_numbers()
     {
         var work = fx.NewDir("dp-batch");
