@@ -75,6 +75,7 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
         new("full-dp2", "full fine-tuning on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with full", Full, false, "full", Ranks: 2),
         new("lora-dp2", "LoRA on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with lora", Lora, false, "lora", Ranks: 2),
+        new("full-dp2-zero1", "full-dp2 with ZeRO-1 (each rank holds and updates half the AdamW state), compared with full", new Dictionary<string, string?>(Full) { ["distributed:zero"] = "1" }, false, "full", Ranks: 2),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>
