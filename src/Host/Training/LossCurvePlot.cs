@@ -48,14 +48,15 @@ public static class LossCurvePlot
             var line = plot.Add.ScatterLine(finite.Select(p => (double)p.Step).ToArray(), finite.Select(p => p.Loss).ToArray());
             line.LegendText = label;
             line.MarkerSize = 5;
+            if (drawn >= 10) line.LinePattern = ScottPlot.LinePattern.Dashed; // the palette repeats after 10 colours
             drawn++;
         }
         if (drawn == 0) return false;
         plot.Title(title);
         plot.XLabel("optimizer step");
         plot.YLabel(yLabel);
-        plot.ShowLegend();
-        var png = plot.GetImageBytes(900, 560, ScottPlot.ImageFormat.Png);
+        plot.ShowLegend(ScottPlot.Edge.Right); // beside the plot: the curves end where a legend inside would sit
+        var png = plot.GetImageBytes(1000, 560, ScottPlot.ImageFormat.Png);
         AtomicFile.Write(path, fs => fs.Write(png));
         return true;
     }
