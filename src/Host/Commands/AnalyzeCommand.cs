@@ -30,7 +30,7 @@ namespace Peft.Host.Commands;
 public sealed class AnalyzeCommand : ICliCommand
 {
     public string Name => "analyze";
-    public string Summary => "DoRA's magnitude/direction analysis (ΔM, ΔD and their correlation) of a fine-tuned model against its base";
+    public string Summary => "magnitude/direction analysis (ΔM, ΔD and their correlation) of a fine-tuned model against its base";
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--json" };
 
     public string Help =>

@@ -78,7 +78,7 @@ public sealed class CompareCommandTests(Stories260KFixture fx)
             row["improvement"]!.GetValue<double>().Should().BeApproximately(l0 - loss, 1e-12, m);
             row["quality_relative"]!.GetValue<double>().Should().BeApproximately((l0 - loss) / (l0 - fullLoss), 1e-12, m);
             row["peak_rss_bytes"]!.GetValue<long>().Should().BeGreaterThan(10L << 20, "the child's resident set was sampled");
-            row["eval_curve"]!.AsArray().Select(p => p![0]!.GetValue<int>()).Should().Equal(2, 4);
+            row["eval_curve"]!.AsArray().Select(p => p![0]!.GetValue<int>()).Should().Equal(0, 2, 4); // the step-0 baseline, then every eval_every
         }
         rows["full"]["trainable_parameters"]!.GetValue<long>().Should().BeGreaterThan(rows["dora"]["trainable_parameters"]!.GetValue<long>());
         rows["dora"]["trainable_parameters"]!.GetValue<long>().Should().BeGreaterThan(rows["lora"]["trainable_parameters"]!.GetValue<long>(), "DoRA adds the magnitude vectors");
