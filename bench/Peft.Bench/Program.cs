@@ -26,6 +26,8 @@ if (options.Help)
     return 0;
 }
 
+if (options.Dequant) return DequantThroughput.Run(options);
+
 if (options.One is { } one)
 {
     // child: one measurement, one JSON line on stdout

@@ -18,7 +18,7 @@ namespace Peft.Plugins.QLora;
 /// not kept for backward: backward dequantizes again, so training holds packed weights only. The packed bytes and
 /// statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
 /// </summary>
-public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
+public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear, IQuantizedWeightBytes
 {
     FourBitWeights _weights;
     readonly IFourBitKernels _kernels;
@@ -67,6 +67,10 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
 
     /// <summary>Bytes held for the weight (packed codes + statistics), bias excluded.</summary>
     public long WeightStorageBytes => _weights.StorageBytes;
+
+    /// <summary><see cref="WeightStorageBytes"/>, for memory reports (<see cref="QuantizedWeightBytes.Sum"/>).</summary>
+    public long QuantizedBytes => _weights.StorageBytes;
+    public long QuantizedWeightCount => _weights.Count;
 
     public override Tensor forward(Tensor x)
     {
