@@ -163,10 +163,22 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear,
             return layer.Product(x);
         }
 
+        /// <summary>The input gradient this thread's previous backward call returned (see <see cref="backward"/>).</summary>
+        [ThreadStatic] static Tensor? t_returned;
+
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var layer = (FourBitLinear)ctx.get_data("layer");
-            return [layer.TransposedProduct(gradOutput), null!];
+            // TorchSharp hands backward a new native handle per gradient and keeps the returned tensors' handles: both
+            // would otherwise live in the caller's dispose scope until the training step ends, i.e. every quantized
+            // layer's (tokens × out) and (tokens × in) gradients at once. The autograd engine holds its own references,
+            // so release ours as soon as they are used: gradOutput here; the gradient returned by the previous call on
+            // this thread (the engine copied it out when that call returned) now.
+            t_returned?.Dispose();
+            var dx = layer.TransposedProduct(gradOutput);
+            gradOutput.Dispose();
+            t_returned = dx;   // also in the caller's scope, which frees the last one (disposing twice is a no-op)
+            return [dx, null!];
         }
     }
 }
