@@ -84,7 +84,8 @@ public static class HfModelFolder
     }
 
     /// <summary>Elements read per chunk: 4M (16 MiB of fp32), so a dtype conversion needs one chunk of scratch, not a tensor's worth.</summary>
-    const long ChunkElements = 4L << 20;
+    /// <remarks>Settable by tests (to cross chunk boundaries with small tensors); reading is exact for any value.</remarks>
+    internal static long ChunkElements = 4L << 20;
 
     /// <summary>
     /// Read one tensor of the file into <paramref name="target"/> (contiguous CPU, same shape) in chunks: bytes go

@@ -18,13 +18,13 @@ internal static class UpcastLinear
 {
     const long BlockWeights = 4L << 20;
 
-    public static Tensor Forward(Tensor x, Tensor weight, Tensor? bias)
+    public static Tensor Forward(Tensor x, Tensor weight, Tensor? bias, long blockWeights = BlockWeights)
     {
         using var scope = torch.NewDisposeScope();
         var b = bias is null ? null : bias.dtype == x.dtype ? bias : bias.to(x.dtype);
         if (weight.dtype == x.dtype) return nn.functional.linear(x, weight, b).MoveToOuterDisposeScope();
         long outF = weight.shape[0], inF = weight.shape[1];
-        long rows = Math.Max(1, BlockWeights / inF);
+        long rows = Math.Max(1, blockWeights / inF);
         bool recording = torch.is_grad_enabled() && (x.requires_grad || weight.requires_grad);
         if (recording || rows >= outF) return nn.functional.linear(x, weight.to(x.dtype), b).MoveToOuterDisposeScope();
 
