@@ -51,7 +51,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
         promptIds.AddRange(encoded);
         var decoder = new IncrementalDecoder(tokenizer);
         foreach (var id in promptIds.Skip(start ? 1 : 0)) Emit(decoder.Add(id));
-        GeneratedTokens = GenerateIds(promptIds, options, id => Emit(decoder.Add(id))).Count;
+        GenerateIds(promptIds, options, id => Emit(decoder.Add(id)));   // sets GeneratedTokens
         Emit(decoder.Flush());
         return decoder.Text;
 
@@ -77,6 +77,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
 
         var sampler = new TokenSampler(options.Temperature, options.TopP, options.Seed);
         var generated = new List<int>();
+        GeneratedTokens = 0;
         if (options.MaxNewTokens == 0) return generated;
 
         bool wasTraining = model.Module.training;
@@ -101,6 +102,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
         {
             model.Module.train(wasTraining);
         }
+        GeneratedTokens = generated.Count;   // also for generate --chat, which calls GenerateIds directly
         return generated;
     }
 
