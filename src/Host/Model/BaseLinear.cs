@@ -10,7 +10,7 @@ namespace Peft.Host.Model;
 /// <c>weight</c> (out, in) is stored in a storage dtype (fp32, bf16 or fp16); the product is computed in the
 /// input's dtype by casting a temporary copy of the weight (no copy when the dtypes already agree).
 /// </summary>
-public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStorageDtypeLayer
+public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStorageDtypeLayer, IDenseLinear
 {
     // Field names are the HF parameter names: "weight", "bias".
 #pragma warning disable IDE1006
@@ -45,6 +45,11 @@ public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStora
     {
         return UpcastLinear.Forward(x, weight, bias);   // a low-precision weight is cast block by block when nothing records
     }
+
+    /// <summary>Only when the layer has no bias (then y = x W^T exactly); the chunked loss asks it of the head.</summary>
+    Tensor IDenseLinear.ComputeWeight(ScalarType dtype) =>
+        bias is not null ? throw new InvalidOperationException("a layer with a bias is not a dense x W^T")
+        : weight.dtype == dtype ? weight : weight.to(dtype);
 
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {

@@ -13,7 +13,7 @@ namespace Peft.Host.Model;
 /// Parameters live in a storage dtype (fp32, bf16 or fp16) on one device and are built there; compute is fp32.
 /// Every linear layer is a slot addressed by its HF module name (<see cref="GetLinear"/>, <see cref="SetLinear"/>).
 /// </summary>
-public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLanguageModel, IBaseWeightsCaster, IActivationCheckpointing
+public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLanguageModel, IBaseWeightsCaster, IActivationCheckpointing, IHiddenStatesModel
 {
     public const string HeadName = "lm_head";
 
@@ -128,6 +128,19 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
         var logits = lm_head.Module.call(hidden);               // (B, T, V)
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
+
+    /// <summary>ids (B, T) -> the final normalized hidden states (B, T, D) fp32, no cache (the head is not applied).</summary>
+    public Tensor HiddenStates(Tensor inputIds)
+    {
+        if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be (batch, seq), got [{string.Join(", ", inputIds.shape)}]");
+        if (inputIds.shape[1] > Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"sequence of {inputIds.shape[1]} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
+        using var scope = torch.NewDisposeScope();
+        var hidden = model.call(inputIds, null);
+        return (hidden.dtype == ScalarType.Float32 ? hidden : hidden.to(ScalarType.Float32)).MoveToOuterDisposeScope();
+    }
+
+    public ILinearLayer OutputHead => lm_head;
 
     /// <summary>
     /// Recompute each decoder layer in the backward pass instead of keeping its activations (training mode, no KV

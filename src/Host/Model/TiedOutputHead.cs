@@ -11,7 +11,7 @@ namespace Peft.Host.Model;
 /// <c>named_parameters</c> lists E once, as <c>model.embed_tokens.weight</c>); it reads E from the embedding at
 /// each call, so moving the model keeps the tie. Setting its weight writes the embedding, as in HF.
 /// </summary>
-public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer
+public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer, IDenseLinear
 {
     // A delegate, not a Module field: a Module-typed field would be registered as a child.
     readonly Func<Parameter> _embedding;
@@ -34,6 +34,12 @@ public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer
     {
         // A bf16 embedding is cast block by block (no fp32 copy of the vocab × hidden table) when nothing records.
         return UpcastLinear.Forward(h, _embedding(), null);
+    }
+
+    Tensor IDenseLinear.ComputeWeight(ScalarType dtype)
+    {
+        var e = _embedding();
+        return e.dtype == dtype ? e : e.to(dtype);
     }
 
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)

@@ -116,7 +116,7 @@ public static class Trainer
                 int countedTokens = micro.Sum(m => m.CountedTokens);
                 double lossSum = 0;
                 foreach (var batch in micro)
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1);
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens);
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
@@ -147,7 +147,7 @@ public static class Trainer
                 bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
                 if (evalStep)
                 {
-                    var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId);
+                    var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId, o.LossChunkTokens);
                     evaluations.Add(new EvalRecord(step, evalLoss, evalTokens));
                     metrics.LogEval(step, evalLoss, evalTokens, Elapsed());
                     sink.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {step}: eval loss {evalLoss:0.0000} over {evalTokens} tokens"));
@@ -197,12 +197,11 @@ public static class Trainer
     }
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber)
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
-        var logits = model.Logits(inputIds);
-        var sum = CausalLmLoss.Sum(logits, labels);
+        var sum = CausalLmLoss.Sum(model, inputIds, labels, lossChunkTokens);
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
         var scaled = sum / stepTokens;
@@ -211,7 +210,8 @@ public static class Trainer
     }
 
     /// <summary>Mean loss over the counted tokens of the first <paramref name="maxBatches"/> held-out micro-batches (0 = all), in file order.</summary>
-    public static (double Loss, long Tokens) Evaluate(Model.ICausalLanguageModel model, IReadOnlyList<TokenizedExample> examples, int batchSize, int maxBatches, int padId)
+    public static (double Loss, long Tokens) Evaluate(Model.ICausalLanguageModel model, IReadOnlyList<TokenizedExample> examples, int batchSize, int maxBatches, int padId,
+        int lossChunkTokens = CausalLmLoss.DefaultChunkTokens)
     {
         model.Module.eval();
         try
@@ -226,7 +226,7 @@ public static class Trainer
                 using var scope = torch.NewDisposeScope();
                 var batch = BatchCollator.Collate(examples.Skip(start).Take(batchSize).ToList(), padId);
                 var (inputIds, labels) = batch.ToTensors(model.Device);
-                sum += CausalLmLoss.Sum(model.Logits(inputIds), labels).item<float>();
+                sum += CausalLmLoss.Sum(model, inputIds, labels, lossChunkTokens).item<float>();
                 tokens += batch.CountedTokens;
                 batches++;
             }

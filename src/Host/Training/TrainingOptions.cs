@@ -11,7 +11,8 @@ namespace Peft.Host.Training;
 ///               "learning_rate": 5e-5, "weight_decay": 0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
 ///               "lr_scheduler": "linear", "warmup_steps": 0, "max_grad_norm": 1.0, "eval_every": 0, "eval_batches": 0,
 ///               "checkpoint_every": 500, "keep_last_checkpoints": 0, "base_dtype": "float32",
-///               "activation_checkpointing": false, "log_every": 10 }
+///               "activation_checkpointing": false, "log_every": 10,
+///               "loss_chunk_tokens": 256 }
 /// </code>
 /// </summary>
 public sealed class TrainingOptions : IValidatableOptions
@@ -68,6 +69,12 @@ public sealed class TrainingOptions : IValidatableOptions
     [ConfigurationKeyName("log_every")] public int LogEvery { get; set; } = 10;
 
     /// <summary>
+    /// The LM head and the loss run over chunks of this many tokens, so the (tokens × vocab) logits and their
+    /// gradient never exist whole (same loss and gradients); 0 = the plain path (full logits).
+    /// </summary>
+    [ConfigurationKeyName("loss_chunk_tokens")] public int LossChunkTokens { get; set; } = CausalLmLoss.DefaultChunkTokens;
+
+    /// <summary>
     /// LibTorch intra-op CPU threads; 0 keeps LibTorch's default (one per core). Tiny models run fastest on 1,
     /// and 1 avoids OpenMP's busy-waiting collapsing throughput when other processes share the cores.
     /// </summary>
@@ -98,6 +105,7 @@ public sealed class TrainingOptions : IValidatableOptions
         if (CheckpointEvery < 0) yield return ("checkpoint_every", CheckpointEvery, "must be >= 0 (0 = no checkpoints)");
         if (KeepLastCheckpoints < 0) yield return ("keep_last_checkpoints", KeepLastCheckpoints, "must be >= 0 (0 = keep all)");
         if (!BaseDtypes.Contains(BaseDtype)) yield return ("base_dtype", BaseDtype, $"must be one of {string.Join(", ", BaseDtypes)}");
+        if (LossChunkTokens < 0) yield return ("loss_chunk_tokens", LossChunkTokens, "must be a number of tokens per chunk, or 0 for the full logits");
         if (LogEvery < 1) yield return ("log_every", LogEvery, "must be at least 1");
         if (NumThreads < 0 || NumThreads > 1024) yield return ("num_threads", NumThreads, "must be 0 (LibTorch's default) or a number of threads");
         if (Resume is not null && string.IsNullOrWhiteSpace(Resume)) yield return ("resume", Resume, "must be a checkpoint folder or \"latest\"");
