@@ -23,10 +23,19 @@ public sealed class BenchOptions
     public int Seed { get; private set; } = 1234;
     public string? Out { get; private set; }
 
+    /// <summary>training:loss_chunk_tokens of every framework child (null: the trainer's default; 0: full logits).</summary>
+    public int? LossChunkTokens { get; private set; }
+
     /// <summary>Set in a child: the one variant it measures.</summary>
     public Variant? One { get; private set; }
 
     public bool Help { get; private set; }
+
+    /// <summary>Parent: run the vocabulary-scaling memory bench (<see cref="VocabScaling"/>) instead of the variants.</summary>
+    public bool VocabScaling { get; private set; }
+
+    /// <summary>Set in a vocabulary-scaling child: (sequence length, loss chunk tokens).</summary>
+    public (int Seq, int Chunk)? VocabChild { get; private set; }
 
     /// <summary>Parent: after the rounds, run one diagnostic child per variant that times each phase of a step. Child: be that diagnostic.</summary>
     public bool Breakdown { get; private set; }
@@ -46,9 +55,12 @@ public sealed class BenchOptions
         "  --warmup-steps W    untimed optimizer steps first (default 2)\n" +
         "  --steps S           timed optimizer steps after the warm-up (default 6)\n" +
         "  --threads N         torch.set_num_threads in every child (default 2)\n" +
+        "  --loss-chunk-tokens N  training:loss_chunk_tokens in every child (default: the trainer's, 256; 0 = full logits)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
         "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
         "  --dequant           instead of training: NF4 dequantization GB/s (QLoRA plugin's CPU kernel) beside an fp32 copy of the same size\n" +
+        "  --vocab-scaling     instead: peak memory of a LoRA step with vocab 128,256 at seq 256..2048, chunked loss vs full logits\n" +
+        "                      (with --out FILE.md also FILE.png)\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
         "  --one VARIANT       (internal) measure one variant in this process and print one JSON line";
 
@@ -63,6 +75,7 @@ public sealed class BenchOptions
             string flag = args[i];
             if (flag is "--help" or "-h") { o.Help = true; continue; }
             if (flag == "--dequant") { if (o.Dequant) throw new BenchUsageException("--dequant is given twice"); o.Dequant = true; continue; }
+            if (flag == "--vocab-scaling") { if (o.VocabScaling) throw new BenchUsageException("--vocab-scaling is given twice"); o.VocabScaling = true; continue; }
             if (flag == "--breakdown") { if (o.Breakdown) throw new BenchUsageException("--breakdown is given twice"); o.Breakdown = true; continue; }
             if (!flag.StartsWith("--", StringComparison.Ordinal))
                 throw new BenchUsageException($"unexpected argument '{flag}' (flags start with --; see --help)");
@@ -91,6 +104,7 @@ public sealed class BenchOptions
                 case "--steps": o.Steps = Int(1, 100_000); break;
                 case "--threads": o.Threads = Int(1, 1024); break;
                 case "--seed": o.Seed = Int(0, int.MaxValue); break;
+                case "--loss-chunk-tokens": o.LossChunkTokens = Int(0, 1 << 20); break;
                 case "--out":
                     var path = Value();
                     if (string.IsNullOrWhiteSpace(path)) throw new BenchUsageException("--out needs a file name");
@@ -108,6 +122,13 @@ public sealed class BenchOptions
                         list.Add(v);
                     }
                     o.Variants = list;
+                    break;
+                case "--vocab-child":
+                    var pair = Value();
+                    var parts = pair.Split(',');
+                    if (parts.Length != 2 || !int.TryParse(parts[0], CultureInfo.InvariantCulture, out int vs) || !int.TryParse(parts[1], CultureInfo.InvariantCulture, out int vc) || vs < 2 || vs > 2048 || vc < 0)
+                        throw new BenchUsageException($"--vocab-child has value '{pair}': expected SEQ,CHUNK (SEQ 2..2048, CHUNK >= 0)");
+                    o.VocabChild = (vs, vc);
                     break;
                 case "--one":
                     var one = Value();
@@ -131,6 +152,7 @@ public sealed class BenchOptions
         "--batch-size", Str(BatchSize), "--seq-len", Str(SeqLen),
         "--warmup-steps", Str(WarmupSteps), "--steps", Str(Steps),
         "--threads", Str(Threads), "--seed", Str(Seed),
+        .. (LossChunkTokens is { } c ? new[] { "--loss-chunk-tokens", Str(c) } : []),
     ];
 
     static string Str(int v) => v.ToString(CultureInfo.InvariantCulture);

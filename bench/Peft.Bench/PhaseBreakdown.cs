@@ -11,7 +11,7 @@ namespace Peft.Bench;
 
 /// <summary>
 /// Diagnostic (<c>--breakdown</c>): where a step's time goes. Runs the trainer's step by hand (the same calls
-/// <see cref="Trainer"/> makes for one micro-batch: logits, CausalLmLoss.Sum / N, backward, global-norm clipping,
+/// <see cref="Trainer"/> makes for one micro-batch: hidden states (or logits), CausalLmLoss.Sum / N, backward, global-norm clipping,
 /// optimizer step, zero grad) with a clock around each phase. Not the headline number: that one comes from
 /// <see cref="Trainer.Run"/> itself.
 /// </summary>
@@ -42,9 +42,13 @@ public static class PhaseBreakdown
             {
                 var (ids, labels) = batch.ToTensors(model.Device);
                 clock.Restart();
-                var logits = model.Logits(ids);
+                // forward = the body (embedding, layers, norm); loss = the head and cross entropy, which with the
+                // chunked loss (the trainer's default) also computes the head's gradients chunk by chunk.
+                bool chunked = options.LossChunkTokens > 0;
+                var hidden = chunked ? model.HiddenStates(ids) : model.Logits(ids);
                 lap["forward"] = Lap();
-                var scaled = CausalLmLoss.Sum(logits, labels) / batch.CountedTokens;
+                var sum = chunked ? CausalLmLoss.Sum(hidden, model.OutputHead, labels, options.LossChunkTokens) : CausalLmLoss.Sum(hidden, labels);
+                var scaled = sum / batch.CountedTokens;
                 _ = scaled.item<float>();
                 lap["loss"] = Lap();
                 scaled.backward();

@@ -27,13 +27,28 @@ if (options.Help)
 }
 
 if (options.Dequant) return DequantThroughput.Run(options);
+if (options.VocabChild is { } vocabChild)
+{
+    try
+    {
+        Console.WriteLine(VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options).ToLine());
+        return 0;
+    }
+    catch (Exception e)
+    {
+        Console.Error.WriteLine($"Peft.Bench --vocab-child: {e}");
+        return 1;
+    }
+}
+if (options.VocabScaling) return VocabScaling.Run(options, args);
 
 if (options.One is { } one)
 {
     // child: one measurement, one JSON line on stdout
     try
     {
-        var m = options.Breakdown ? PhaseBreakdown.Measure(one, options) : ChildRun.Measure(one, options);
+        var m = one.HandWritten ? (options.Breakdown ? new Measurement { Variant = one.Name, Skipped = "no breakdown of the hand-written step" } : PlainStep.Measure(one, options))
+            : options.Breakdown ? PhaseBreakdown.Measure(one, options) : ChildRun.Measure(one, options);
         Console.WriteLine(m.ToLine());
         return 0;
     }
@@ -93,7 +108,7 @@ static class Parent
             }
             if (!o.Breakdown) continue;
             // the diagnostic children, alternating too, once per round
-            foreach (var variant in active.Where(v => !v.ActivationCheckpointing))
+            foreach (var variant in active.Where(v => !v.ActivationCheckpointing && !v.HandWritten))
             {
                 var (measurement, error) = RunChild(o, variant, breakdown: true);
                 if (measurement is null)

@@ -5,7 +5,7 @@ namespace Peft.Bench;
 /// whether <c>training:activation_checkpointing</c> is on. To add a variant, add a line to <see cref="All"/>.
 /// </summary>
 public sealed record Variant(string Name, string Description, IReadOnlyDictionary<string, string?> MethodSection, bool ActivationCheckpointing,
-    string? BaselineName = null)
+    string? BaselineName = null, bool HandWritten = false)
 {
     /// <summary>LoRA as the issue asks: r = 16, alpha = 32, no dropout, on the attention projections.</summary>
     static readonly Dictionary<string, string?> Lora = new()
@@ -73,16 +73,22 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
         new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
         new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
+        // The same-engine anchor: the step written by hand on TorchSharp (PlainStep), no framework code at all.
+        new("plain-full", "hand-written TorchSharp step, full fine-tuning (torch.optim.AdamW, cross_entropy on full logits)", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),
+        new("plain-lora", "hand-written TorchSharp step, LoRA r=16, alpha=32 on q,k,v,o", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>
-    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null && !v.MethodSection.ContainsKey("quantization:name") && !v.MethodSection.ContainsKey("optimizer:name") && !v.MethodSection.ContainsKey("hooks:0:name")).ToList();
+    public static IReadOnlyList<Variant> Defaults => All.Where(v => v.BaselineName is null && !v.HandWritten && !v.MethodSection.ContainsKey("quantization:name") && !v.MethodSection.ContainsKey("optimizer:name") && !v.MethodSection.ContainsKey("hooks:0:name")).ToList();
 
     public static Variant? Find(string name) => All.FirstOrDefault(v => string.Equals(v.Name, name, StringComparison.Ordinal));
 
     /// <summary>The variant this one is compared with (LoRA against full fine-tuning with the same checkpointing setting).</summary>
-    public Variant? Baseline => BaselineName is not null ? Find(BaselineName)
+    public Variant? Baseline => HandWritten ? null : BaselineName is not null ? Find(BaselineName)
         : IsPlainFullFineTuning ? null : All.First(v => v.IsPlainFullFineTuning && v.ActivationCheckpointing == ActivationCheckpointing);
+
+    /// <summary>The hand-written step of the same method (lora → plain-lora, full → plain-full), or null.</summary>
+    public Variant? HandWrittenTwin => Name is "lora" or "full" ? Find("plain-" + Name) : null;
 
     /// <summary>Full fine-tuning with no hook (the baseline; LISA variants are full fine-tuning plus the lisa hook).</summary>
     bool IsPlainFullFineTuning => MethodSection["method:name"] == "full" && !MethodSection.Keys.Any(k => k.StartsWith("hooks:", StringComparison.Ordinal));

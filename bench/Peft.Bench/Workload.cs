@@ -64,6 +64,7 @@ public static class Workload
             ["training:activation_checkpointing"] = variant.ActivationCheckpointing ? "true" : "false",
             ["output:dir"] = outputDir,
         };
+        if (o.LossChunkTokens is { } chunk) values["training:loss_chunk_tokens"] = S(chunk);
         return new ConfigurationBuilder().AddInMemoryCollection(values).Build();
     }
 }

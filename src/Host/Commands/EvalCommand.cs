@@ -33,7 +33,7 @@ public sealed class EvalCommand : ICliCommand
           --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable; or plugins:directories
                          through PEFT_plugins__directories__0)
           --data FILE    .txt or .jsonl evaluation file
-          --json         also print {"loss": ..., "perplexity": ..., "tokens": ...} as the last line
+          --json         also print {"loss": ..., "perplexity": ..., "tokens": ..., "tokens_per_second": ...} as the last line
           --quantize NAME        quantize the base's decoder projections in memory first (nf4, fp4, int8;
                                  see 'peft plugins'); a folder written by 'peft quantize' loads quantized as it is
           --block-size N         weights per absmax block for nf4/fp4 (default 64)
@@ -56,6 +56,7 @@ public sealed class EvalCommand : ICliCommand
         bool instructions = EvalDocuments.IsInstructionFile(data);
         var documents = instructions ? [] : EvalDocuments.Read(data);
 
+        Training.LibTorchThreads.Apply();
         var (model, tokenizer, plugins) = ModelFolderArgs.OpenWithAdapter(Name, dir, adapterDir, context, pluginConfig, quantize);
         using (plugins)
         using (model)
@@ -70,9 +71,11 @@ public sealed class EvalCommand : ICliCommand
             context.Out.WriteLine($"tokens      {result.Tokens}");
             context.Out.WriteLine(string.Create(inv, $"loss        {result.Loss:F6}"));
             context.Out.WriteLine(string.Create(inv, $"perplexity  {result.Perplexity:F6}"));
+            if (result.Seconds > 0) context.Out.WriteLine(string.Create(inv, $"tokens/s    {result.TokensPerSecond:F0} ({result.Seconds:F2} s, no autograd, batches of {Evaluator.DefaultBatchSize})"));
             if (json)
             {
                 var o = new JsonObject { ["loss"] = result.Loss, ["perplexity"] = result.Perplexity, ["tokens"] = result.Tokens };
+                if (result.Seconds > 0) o["tokens_per_second"] = Math.Round(result.TokensPerSecond, 1);
                 context.Out.WriteLine(o.ToJsonString());
             }
         }
@@ -87,7 +90,8 @@ public sealed class EvalCommand : ICliCommand
     {
         var loaded = Data.InstructionDataset.Load(path, tokenizer, model.Config.MaxPositionEmbeddings);
         rows = loaded.Examples.Count;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var (loss, tokens) = Training.Trainer.Evaluate(model, loaded.Examples, batchSize: 8, maxBatches: 0, padId: tokenizer.EosId);
-        return new EvalResult(loss, Math.Exp(loss), tokens);
+        return new EvalResult(loss, Math.Exp(loss), tokens) { Seconds = clock.Elapsed.TotalSeconds };
     }
 }

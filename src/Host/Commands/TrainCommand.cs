@@ -58,7 +58,7 @@ public sealed class TrainCommand : ICliCommand
         if (resume is not null) cfg.Training.Resume = resume;
         var outputDir = cfg.Output.Dir ?? throw new Abstractions.PeftConfigurationException("output:dir", null, "is required (where the adapter, checkpoints and metrics go)");
 
-        if (cfg.Training.NumThreads > 0) torch.set_num_threads(cfg.Training.NumThreads);
+        LibTorchThreads.Apply(cfg.Training.NumThreads);
 
         // Every component name is resolved (and the combination checked) before any model is imported or loaded.
         using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, root);

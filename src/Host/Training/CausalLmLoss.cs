@@ -36,13 +36,20 @@ public static class CausalLmLoss
         if (chunkTokens <= 0 || model is not IHiddenStatesModel split) return Sum(model.Logits(inputIds), labels);
         using var scope = torch.NewDisposeScope();
         var hidden = split.HiddenStates(inputIds);                                           // (B, T, D) fp32
-        if (labels.dim() != 2 || labels.shape[0] != hidden.shape[0] || labels.shape[1] != hidden.shape[1])
-            throw new ArgumentException($"labels [{string.Join(", ", labels.shape)}] do not match input_ids [{string.Join(", ", inputIds.shape)}]", nameof(labels));
+        return Sum(hidden, split.OutputHead, labels, chunkTokens).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Summed loss from the body's hidden states (B, T, D) through <paramref name="head"/>, <paramref name="chunkTokens"/> counted tokens at a time.</summary>
+    public static Tensor Sum(Tensor hidden, Abstractions.Model.ILinearLayer head, Tensor labels, int chunkTokens)
+    {
+        if (labels.dim() != 2 || hidden.dim() != 3 || labels.shape[0] != hidden.shape[0] || labels.shape[1] != hidden.shape[1])
+            throw new ArgumentException($"labels [{string.Join(", ", labels.shape)}] do not match hidden states [{string.Join(", ", hidden.shape)}]", nameof(labels));
+        using var scope = torch.NewDisposeScope();
         var shifted = Shift(labels);                                                         // (B·T)
         var counted = shifted.ne(IgnoreIndex).nonzero().squeeze(1);                          // (N) row indices
         var rows = hidden.reshape(-1, hidden.shape[2]).index_select(0, counted);             // (N, D); backward scatters
         var targets = shifted.index_select(0, counted);                                      // (N)
-        return ChunkedLinearCrossEntropy.Sum(rows, split.OutputHead, targets, chunkTokens).MoveToOuterDisposeScope();
+        return ChunkedLinearCrossEntropy.Sum(rows, head, targets, chunkTokens).MoveToOuterDisposeScope();
     }
 
     /// <summary>Summed cross entropy (0-d float32 tensor, differentiable) of the counted positions.</summary>

@@ -32,4 +32,21 @@ public static class LossCurvePlot
         AtomicFile.Write(path, fs => fs.Write(png));
         return true;
     }
+
+    /// <summary>Named (x, y) series as lines with markers on one plot, written atomically (the bench's scaling plots).</summary>
+    public static void WriteSeries(string path, string title, string xLabel, string yLabel, IReadOnlyList<(string Name, IReadOnlyList<(double X, double Y)> Points)> series)
+    {
+        var plot = new ScottPlot.Plot();
+        foreach (var (name, points) in series)
+        {
+            var line = plot.Add.Scatter(points.Select(p => p.X).ToArray(), points.Select(p => p.Y).ToArray());
+            line.LegendText = name;
+        }
+        plot.Title(title);
+        plot.XLabel(xLabel);
+        plot.YLabel(yLabel);
+        plot.ShowLegend();
+        var png = plot.GetImageBytes(800, 500, ScottPlot.ImageFormat.Png);
+        AtomicFile.Write(path, fs => fs.Write(png));
+    }
 }

@@ -75,8 +75,8 @@ public sealed class TrainingOptions : IValidatableOptions
     [ConfigurationKeyName("loss_chunk_tokens")] public int LossChunkTokens { get; set; } = CausalLmLoss.DefaultChunkTokens;
 
     /// <summary>
-    /// LibTorch intra-op CPU threads; 0 keeps LibTorch's default (one per core). Tiny models run fastest on 1,
-    /// and 1 avoids OpenMP's busy-waiting collapsing throughput when other processes share the cores.
+    /// LibTorch intra-op CPU threads; 0 = one per physical core this process may use (<see cref="LibTorchThreads"/>;
+    /// hyper-threads do not count). 1 avoids OpenMP's busy-waiting collapsing throughput when other processes share the cores.
     /// </summary>
     [ConfigurationKeyName("num_threads")] public int NumThreads { get; set; }
 
@@ -107,7 +107,7 @@ public sealed class TrainingOptions : IValidatableOptions
         if (!BaseDtypes.Contains(BaseDtype)) yield return ("base_dtype", BaseDtype, $"must be one of {string.Join(", ", BaseDtypes)}");
         if (LossChunkTokens < 0) yield return ("loss_chunk_tokens", LossChunkTokens, "must be a number of tokens per chunk, or 0 for the full logits");
         if (LogEvery < 1) yield return ("log_every", LogEvery, "must be at least 1");
-        if (NumThreads < 0 || NumThreads > 1024) yield return ("num_threads", NumThreads, "must be 0 (LibTorch's default) or a number of threads");
+        if (NumThreads < 0 || NumThreads > 1024) yield return ("num_threads", NumThreads, "must be 0 (one per physical core) or a number of threads");
         if (Resume is not null && string.IsNullOrWhiteSpace(Resume)) yield return ("resume", Resume, "must be a checkpoint folder or \"latest\"");
     }
 }

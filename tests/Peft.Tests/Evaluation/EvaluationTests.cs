@@ -47,6 +47,19 @@ public sealed class EvaluationTests(Stories260KFixture fx)
     }
 
     [Fact]
+    public void Batched_windows_and_the_full_logits_give_the_one_by_one_loss()
+    {
+        // Windows of very different lengths in one batch: right padding must change nothing.
+        var docs = Docs.Append(string.Join(" ", Enumerable.Repeat("Lily and Tom went to the park to play with a big red ball.", 3))).ToArray();
+        var single = Evaluator.Evaluate(fx.Model, fx.Tokenizer, docs, contextLength: 24, batchSize: 1, lossChunkTokens: 0);
+        var batched = Evaluator.Evaluate(fx.Model, fx.Tokenizer, docs, contextLength: 24, batchSize: 5, lossChunkTokens: 7);
+        batched.Tokens.Should().Be(single.Tokens);
+        batched.Loss.Should().BeApproximately(single.Loss, 1e-5);
+        batched.Seconds.Should().BeGreaterThan(0);
+        batched.TokensPerSecond.Should().Be(batched.Tokens / batched.Seconds);
+    }
+
+    [Fact]
     public void Long_documents_are_split_into_windows_that_predict_every_token_once()
     {
         var doc = string.Join(" ", Enumerable.Repeat("Lily and Tom went to the park to play with a big red ball.", 4));
