@@ -44,6 +44,40 @@ public sealed class GaLoreStrategy : IOptimizerStrategy
     }
 
     /// <summary>
+    /// What the optimizer will hold for <paramref name="parameters"/>, for <c>peft plan</c> (official galore_torch,
+    /// <see cref="GaLoreProjector"/>). Per tensor an int64 step counter (8 bytes). A targeted (m, n) weight (2-D, inside
+    /// a decoder layer, in <c>target_modules</c> when set) with r = min(rank, m, n) keeps Adam's two moments in the
+    /// projected gradient's shape, (m, r), (r, n) or (r, r), and the projector: Right (r, n), Left (m, r), Full both;
+    /// <c>std</c> puts it on the smaller side, so moments r · max(m, n) each and a projector r · min(m, n). Every other
+    /// tensor: plain AdamW moments, 2 · elements. Layer-wise: one tensor's gradient is held at a time (the largest).
+    /// </summary>
+    public Abstractions.Memory.OptimizerMemoryEstimate? EstimateMemory(IReadOnlyList<Abstractions.Memory.PlannedParameter> parameters, IConfiguration options)
+    {
+        var o = GaLoreOptions.FromConfiguration(options);
+        foreach (var (key, value, problem) in o.Validate())
+            throw new PeftConfigurationException(options is IConfigurationSection s ? $"{s.Path}:{key}" : key, value?.ToString(), problem);
+        long state = 0, projections = 0;
+        foreach (var p in parameters)
+        {
+            state += sizeof(long); // step counter
+            bool targeted = p.Shape.Count == 2 && p.LayerIndex is not null
+                && (o.TargetModules is not { } wanted || wanted.Any(w => p.Name == w + ".weight" || p.Name.EndsWith("." + w + ".weight", StringComparison.Ordinal)));
+            if (!targeted) { state += 2 * p.Elements * p.ElementBytes; continue; }
+            long m = p.Shape[0], n = p.Shape[1], r = Math.Min(o.Rank, Math.Min(m, n));
+            var (moment, projector) = GaLoreProjector.SideOf(o.ProjectionType, m, n) switch
+            {
+                GaLoreProjector.Side.Right => (m * r, r * n),
+                GaLoreProjector.Side.Left => (r * n, m * r),
+                _ => (r * r, m * r + r * n),
+            };
+            state += 2 * moment * p.ElementBytes;
+            projections += projector * p.ElementBytes;
+        }
+        long? held = o.Layerwise && parameters.Count > 0 ? parameters.Max(p => p.Elements) : null;
+        return new Abstractions.Memory.OptimizerMemoryEstimate(state, projections, held);
+    }
+
+    /// <summary>
     /// The trainable 2-D parameters that belong to the targeted slots (matched by tensor identity, so whatever the
     /// slot holds — a dense weight or a quantized layer's float proxy — is found without parsing names).
     /// </summary>

@@ -159,10 +159,13 @@ public sealed class LoraOptions : IValidatableOptions
         return options;
     }
 
+    const string OutOfFloat32 = "is beyond float32's range (|alpha| <= 3.4e38): the adapter's scaling alpha/r multiplies float32 activations";
+
     public IEnumerable<(string Key, object? Value, string Problem)> Validate()
     {
         if (R <= 0) yield return ("r", R, "must be a positive integer");
         if (!double.IsFinite(LoraAlpha)) yield return ("lora_alpha", LoraAlpha, "must be a finite number");
+        else if (Math.Abs(LoraAlpha) > float.MaxValue) yield return ("lora_alpha", LoraAlpha, OutOfFloat32);
         if (!(LoraDropout >= 0 && LoraDropout < 1)) yield return ("lora_dropout", LoraDropout, "must be in [0, 1)");
         if (ParseInit(InitLoraWeights) is null)
         {
@@ -187,6 +190,7 @@ public sealed class LoraOptions : IValidatableOptions
         foreach (var (pattern, alpha) in AlphaPattern)
         {
             if (!double.IsFinite(alpha)) yield return ($"alpha_pattern:{pattern}", alpha, "alphas must be finite numbers");
+            else if (Math.Abs(alpha) > float.MaxValue) yield return ($"alpha_pattern:{pattern}", alpha, OutOfFloat32);
             if (!IsValidRegex(pattern)) yield return ("alpha_pattern", pattern, "is not a valid regular expression");
         }
     }

@@ -27,6 +27,18 @@ public abstract class FourBitQuantizer : IQuantizer, IQuantizedCheckpointReader
         return BitsPerParameter(o.BlockSize, o.DoubleQuant);
     }
 
+    /// <summary>
+    /// The tensors a quantized (out, in) weight holds (<see cref="FourBitWeights.Tensors"/>): packed codes ceil(n/2) bytes;
+    /// with double quantization one uint8 absmax per block and one fp32 nested absmax per 256 blocks, else one fp32
+    /// absmax per block.
+    /// </summary>
+    public (long Codes, long Statistics)? QuantizedBytes(LinearSlot slot, IConfiguration options)
+    {
+        var o = FourBitQuantizationOptions.FromConfiguration(options);
+        long n = slot.InFeatures * slot.OutFeatures, blocks = (n + o.BlockSize - 1) / o.BlockSize;
+        return ((n + 1) / 2, o.DoubleQuant ? blocks + (blocks + FourBitWeights.NestedBlockSize - 1) / FourBitWeights.NestedBlockSize * 4 : blocks * 4);
+    }
+
     public static double BitsPerParameter(int blockSize, bool doubleQuant) =>
         doubleQuant ? 4 + 8.0 / blockSize + 32.0 / (FourBitWeights.NestedBlockSize * (double)blockSize) : 4 + 32.0 / blockSize;
 

@@ -30,6 +30,9 @@ public sealed class Int8Quantizer : IQuantizer
     /// <summary>8 bits per weight plus one float32 scale per row (reported for a 4096-wide row: 8 + 32/4096).</summary>
     public double BitsPerParameter(IConfiguration options) => 8 + 32.0 / 4096;
 
+    /// <summary>The tensors an (out, in) weight holds: int8 codes (one byte per weight) and one fp32 scale per output row.</summary>
+    public (long Codes, long Statistics)? QuantizedBytes(LinearSlot slot, IConfiguration options) => (slot.InFeatures * slot.OutFeatures, slot.OutFeatures * 4);
+
     public ILinearLayer Quantize(string moduleName, ILinearLayer layer, IConfiguration options)
     {
         OptionsBinding.Bind<Int8Options>(options, "name", "target_modules", "skip_modules");

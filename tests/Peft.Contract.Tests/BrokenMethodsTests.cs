@@ -1,4 +1,4 @@
-using Peft.Contract.Tests.Contract;
+using Peft.ContractKit;
 using Peft.Contract.Tests.Host;
 
 namespace Peft.Contract.Tests;

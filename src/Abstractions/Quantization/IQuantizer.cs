@@ -18,6 +18,12 @@ public interface IQuantizer
     double BitsPerParameter(IConfiguration options);
 
     /// <summary>
+    /// The exact bytes of the tensors a quantized <paramref name="slot"/> holds: (codes, statistics), for the memory
+    /// planner; null (the default) lets the planner use <see cref="BitsPerParameter"/>.
+    /// </summary>
+    (long Codes, long Statistics)? QuantizedBytes(LinearSlot slot, IConfiguration options) => null;
+
+    /// <summary>
     /// The slots to replace, from the options' <c>target_modules</c> / <c>skip_modules</c> (default: every decoder
     /// projection, see <see cref="QuantizationTargets"/>). The host replaces each and frees the layer it replaced.
     /// </summary>

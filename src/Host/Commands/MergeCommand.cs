@@ -60,6 +60,7 @@ public sealed class MergeCommand : ICliCommand
                 {
                     ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, adapter);
                     SafeMerge(adapter);
+                    ModelFolderArgs.RefuseSaturated(Name, $"merging '{adapterDir}' into '{modelDir}'", model, "; nothing was written");
                     HfModelFolder.Save(model, outDir, tokenizerFiles: Tokenization.TokenizerFolder.FilesIn(modelDir));
                 }
             }
@@ -85,6 +86,7 @@ public sealed class MergeCommand : ICliCommand
                 var adapter = AdapterAttachment.AttachWith(catalog, adapterDir, model);
                 ModelFolderArgs.RefuseNonFiniteAdapter(Name, adapterDir, adapter);
                 SafeMerge(adapter);   // on a quantized slot: W' = deq(W) + s·BA, quantized again
+                ModelFolderArgs.RefuseSaturated(Name, $"merging '{adapterDir}' into '{modelDir}'", model, "; nothing was written");
                 var tokenizerFiles = Tokenization.TokenizerFolder.FilesIn(modelDir);
                 if (requantize) QuantizedModelFolder.Save(model, outDir, config!, tokenizerFiles);
                 else HfModelFolder.Save(model, outDir, tokenizerFiles: tokenizerFiles);

@@ -58,7 +58,11 @@ internal static class ModelFolderArgs
         {
             (model, var tokenizer) = Open(verb, dir, catalog, keepStoredDtype: true);
             quantize?.Apply(verb, catalog, model);
-            if (adapterDir is not null) RefuseNonFiniteAdapter(verb, adapterDir, AdapterAttachment.AttachWith(catalog, adapterDir, model));
+            if (adapterDir is not null)
+            {
+                RefuseNonFiniteAdapter(verb, adapterDir, AdapterAttachment.AttachWith(catalog, adapterDir, model));
+                RefuseSaturated(verb, $"the model with the adapter '{adapterDir}'", model, "");
+            }
             return (model, tokenizer, catalog);
         }
         catch
@@ -77,5 +81,19 @@ internal static class ModelFolderArgs
     {
         if (NonFiniteValuesException.FirstNonFinite(adapter.GetStateDict().Select(kv => (kv.Key, kv.Value))) is { } bad)
             throw new NonFiniteValuesException($"{verb}: the adapter '{adapterDir}' has non-finite values (NaN or infinity) in tensor '{bad}'");
+    }
+
+    /// <summary>
+    /// Finite weights can still give non-finite outputs (lora_alpha = 1e30: scaling·B·A·x reaches ~1e29 and
+    /// mean(h²) in the next RMSNorm overflows float32). A probe forward pass finds the first such layer.
+    /// </summary>
+    public static void RefuseSaturated(string verb, string what, LlamaForCausalLM model, string consequence)
+    {
+        if (model.FirstSaturatedLayer() is not { } bad) return;
+        var how = double.IsFinite(bad.MaxAbs)
+            ? FormattableString.Invariant($"reaches |h| = {bad.MaxAbs:0.###e+00}, whose square overflows float32 in the next RMSNorm")
+            : "holds NaN or infinity";
+        throw new NonFiniteValuesException(
+            $"{verb}: {what} produces non-finite values: the output of decoder layer {bad.Layer} (model.layers.{bad.Layer}) {how} (an adapter's lora_alpha or weights out of range?){consequence}");
     }
 }

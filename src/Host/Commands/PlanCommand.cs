@@ -40,6 +40,8 @@ public sealed class PlanCommand : ICliCommand
         "  --batch-size B             micro-batch per GPU (default 1; 0: no activations)\n" +
         "  --seq-len T                tokens per sequence (default 2048)\n" +
         "  --activation-checkpointing true|false\n" +
+        "  --loss-chunk-tokens N      peft train's chunked loss (no whole logits); default 0 (full logits), with\n" +
+        "                             --config its training:loss_chunk_tokens\n" +
         "  --gpus N                   data-parallel GPUs (default 1)\n" +
         "  --zero 0|1|2|3             ZeRO stage: shard optimizer state (1), + gradients (2), + weights (3)\n" +
         "  --gpu-memory GB            memory of one GPU: says whether it fits and the minimum GPU count\n" +
@@ -127,6 +129,7 @@ internal sealed record PlanArguments(PlanModel Model, PlanSettings Settings, str
             BatchSize = args.Int("--batch-size", trainingOptions?.Training.BatchSize ?? 1, 0, 1 << 20),
             SeqLen = args.Int("--seq-len", trainingOptions?.Data.SeqLen ?? 2048, 1, 1 << 24),
             ActivationCheckpointing = Bool(verb, args, "--activation-checkpointing", trainingOptions?.Training.ActivationCheckpointing ?? false),
+            LossChunkTokens = args.Int("--loss-chunk-tokens", trainingOptions?.Training.LossChunkTokens ?? 0, 0, 1 << 24),
             Gpus = args.Int("--gpus", 1, 1, 1 << 20),
             ZeroStage = args.Int("--zero", 0, 0, 3),
             GpuMemoryBytes = gpuMemory is { } g ? (long)Math.Round(g * 1e9) : null,

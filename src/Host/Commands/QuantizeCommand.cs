@@ -18,10 +18,10 @@ public sealed class QuantizeCommand : ICliCommand
 {
     public string Name => "quantize";
     public string Summary => "quantize a model folder (nf4/fp4 in bitsandbytes' layout) and write it";
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string>();
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--overwrite" };
 
     public string Help =>
-        "usage: peft quantize --model DIR --method NAME [--block-size N] [--double-quant BOOL] [--compute-dtype DTYPE] --out DIR [--plugins DIR]...\n\n" +
+        "usage: peft quantize --model DIR --method NAME [--block-size N] [--double-quant BOOL] [--compute-dtype DTYPE] --out DIR [--overwrite] [--plugins DIR]...\n\n" +
         "Quantizes every linear layer inside the decoder layers (embeddings, norms and lm_head stay full precision)\n" +
         "and writes a model folder: for nf4/fp4, bitsandbytes' saved tensors per layer (weight packed uint8,\n" +
         "weight.absmax, weight.quant_map, weight.nested_absmax, weight.nested_quant_map,\n" +
@@ -33,7 +33,10 @@ public sealed class QuantizeCommand : ICliCommand
         "  --block-size N         weights per absmax block, a power of two in 32..4096 (default 64)\n" +
         "  --double-quant BOOL    also quantize the absmax values, 8-bit in blocks of 256 (default true)\n" +
         "  --compute-dtype DTYPE  float32 (default) or bfloat16: the dtype layers multiply in after loading\n" +
-        "  --out DIR              the quantized model folder to write (replaced if it exists)\n" +
+        "  --out DIR              the quantized model folder to write (written under a temporary name, then renamed;\n" +
+        "                         an existing one is replaced only if it holds nothing but a model folder's files;\n" +
+        "                         never the model folder, a folder inside it or one that contains it)\n" +
+        "  --overwrite            replace --out even if it holds files quantize did not write\n" +
         "  --plugins DIR          also load plugins from DIR (repeatable)\n\n" +
         "example:\n" +
         "  peft quantize --model out/models/stories260K --method nf4 --out out/models/stories260K-nf4";
@@ -47,11 +50,11 @@ public sealed class QuantizeCommand : ICliCommand
         var compute = args.Optional("--compute-dtype");
         var outDir = args.Required("--out");
         var pluginConfig = HostConfiguration.LoadPlugins(args);
+        var overwrite = args.Flag("--overwrite");
         args.ThrowOnUnused();
         if (dq is not null && dq is not ("true" or "false"))
             throw new CliException($"{Name}: option '--double-quant' has value '{dq}': expected true or false");
-        if (Path.GetFullPath(outDir).TrimEnd('/') == Path.GetFullPath(modelDir).TrimEnd('/'))
-            throw new CliException($"{Name}: option '--out': '{outDir}' is the model folder; write the quantized model elsewhere");
+        OutputFolderGuard.CheckModelFolderTarget(Name, "--out", outDir, overwrite, ("--model", modelDir));
         if (Directory.Exists(modelDir) && QuantizedModelFolder.ReadQuantizationConfig(modelDir) is not null)
             throw new CliException($"{Name}: option '--model': '{modelDir}' is already quantized (config.json has quantization_config)");
 

@@ -97,10 +97,12 @@ public sealed class TrainCommand : ICliCommand
                                   (composed.QuantizerName is null ? "" : $" on a {composed.QuantizerName} base") +
                                   (composed.Hooks.Count == 0 ? "" : $" with hooks {string.Join(", ", composed.Hooks.Select(h => h.GetType().Name))}"));
 
+            EvalRecord? baseline = null;
             if (cfg.Training.Resume is null && data.Validation.Count > 0)
             {
                 // The baseline the run's eval losses are compared with.
                 var (before, tokens) = Trainer.Evaluate(model, data.Validation, cfg.Training.BatchSize, cfg.Training.EvalBatches, data.PadId);
+                baseline = new EvalRecord(0, before, tokens);
                 context.Out.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"step 0: eval loss {before:0.0000} over {tokens} tokens (before training)"));
             }
 
@@ -115,6 +117,7 @@ public sealed class TrainCommand : ICliCommand
                     Options = cfg.Training,
                     OutputDirectory = outputDir,
                     Output = output,
+                    BaselineEvaluation = baseline,
                     Progress = ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
                 }, signals.Token);
                 if (!result.Interrupted)

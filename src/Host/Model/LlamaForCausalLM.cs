@@ -114,6 +114,24 @@ public sealed partial class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausa
     public Tensor Logits(Tensor inputIds) => Forward(inputIds, null);
 
     /// <summary>
+    /// Whether the model (with whatever adapter it carries) overflows float32 on a short probe sequence (token ids
+    /// 0..15): the first decoder layer whose output or RMSNorm statistics are not finite, with its largest |h|;
+    /// null when every layer stays finite. Runs in eval mode and restores the mode.
+    /// </summary>
+    public (int Layer, double MaxAbs)? FirstSaturatedLayer()
+    {
+        bool wasTraining = training;
+        eval();
+        try
+        {
+            long t = Math.Min(16, Math.Min(Config.VocabSize, Config.MaxPositionEmbeddings));
+            using var ids = torch.arange(t, dtype: ScalarType.Int64, device: Device).unsqueeze(0);
+            return model.FirstSaturatedLayer(ids);
+        }
+        finally { if (wasTraining) train(); }
+    }
+
+    /// <summary>
     /// ids (B, T) -> logits (B, T, V) fp32. With a cache the ids continue the cached sequence (positions
     /// cache.Length ..) and their keys/values are added to it.
     /// </summary>

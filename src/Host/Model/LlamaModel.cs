@@ -56,4 +56,26 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         cache?.Advance(t);
         return norm.call(h).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// A numeric health probe (no grad): runs <paramref name="ids"/> (1, T) through the layers and returns the first
+    /// decoder layer whose output h is not finite, or whose RMSNorm statistic mean(h²) overflows float32 (the next
+    /// norm would turn the stream into zeros or NaN: a saturated model), with the largest |h| there; null if none.
+    /// </summary>
+    internal (int Layer, double MaxAbs)? FirstSaturatedLayer(Tensor ids)
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var (cos, sin) = _rotary.Tables(0, ids.shape[1], ids.device);
+        var inputs = new AttentionInputs(cos, sin, 0, null);
+        var h = embed_tokens.call(ids);
+        for (int i = 0; i < layers.Count; i++)
+        {
+            h = layers[i].call(h, inputs);
+            var h32 = h.to(ScalarType.Float32);
+            if (!torch.isfinite(h32.pow(2).mean(new long[] { -1 })).all().item<bool>())
+                return (i, h32.abs().max().item<float>());
+        }
+        return null;
+    }
 }

@@ -18,7 +18,13 @@ public sealed record ActivationInputs(
     int ActivationBytes,
     bool Checkpointing,
     /// <summary>Base linears stored in another dtype than the activations are up-cast per call; autograd keeps the copy when the linear's input needs a gradient (this host's bf16 base on the CPU).</summary>
-    int? UpcastWeightBytes);
+    int? UpcastWeightBytes,
+    /// <summary>
+    /// peft train's chunked loss (training:loss_chunk_tokens &gt; 0): the (tokens × vocab) logits never exist whole; the
+    /// head's gradient with respect to the hidden states (D fp32 per token) is computed in the forward pass and held
+    /// until backward, and a training head's weight gradient (V × D fp32) with it. 0: the full logits path.
+    /// </summary>
+    int LossChunkTokens = 0);
 
 /// <summary>Bytes held for backward, split so the plan can say where they come from.</summary>
 public sealed record ActivationBreakdown(long DecoderBytes, long HeadBytes, long UpcastWeightBytes)
@@ -103,14 +109,15 @@ public static class ActivationModel
         long head = 0;
         if (grad) head += d + 1;
         if (a.HeadTrains) head += d;
-        long headBytes = head * a.ActivationBytes + 2 * v * 4;      // logits and log-softmax, fp32
+        long headBytes = head * a.ActivationBytes + (a.LossChunkTokens > 0 ? d * 4 : 2 * v * 4); // chunked: ∂L/∂h; else logits and log-softmax, fp32
         if (grad || a.HeadTrains)
             upcast += UpcastBytes(a, a.Model.Slots.First(x => x.Kind == LinearKind.OutputHead));
 
         long decoderPerToken = a.Checkpointing
             ? a.Layers.Count * d + (perLayer.Count == 0 ? 0 : perLayer.Max())
             : perLayer.Sum();
-        return new ActivationBreakdown(decoderPerToken * a.ActivationBytes * a.Tokens, headBytes * a.Tokens, a.Checkpointing ? 0 : upcast);
+        long headWeightGradient = a.LossChunkTokens > 0 && a.HeadTrains ? v * d * 4 : 0;  // computed in the chunked forward
+        return new ActivationBreakdown(decoderPerToken * a.ActivationBytes * a.Tokens, headBytes * a.Tokens + headWeightGradient, a.Checkpointing ? 0 : upcast);
     }
 
     static long UpcastBytes(ActivationInputs a, LinearSlot slot) => a.UpcastWeightBytes is { } bytes ? slot.Parameters * bytes : 0;

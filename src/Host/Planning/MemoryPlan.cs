@@ -67,6 +67,8 @@ public sealed record MemoryPlan
     public required long TrainableParameters { get; init; }
     /// <summary>Parameters the method adds to the model (an adapter's); 0 for full fine-tuning.</summary>
     public long AddedParameters { get; init; }
+    /// <summary>The part of <see cref="MemoryComponents.BaseWeightBytes"/> held as quantized codes (the rest of a quantized layer's bytes are its statistics).</summary>
+    public long QuantizedBaseCodeBytes { get; init; }
     /// <summary>Trainable parameters holding gradients and optimizer state at once (LISA: k layers' worth).</summary>
     public required long ActiveTrainableParameters { get; init; }
     public required MemoryComponents Bytes { get; init; }

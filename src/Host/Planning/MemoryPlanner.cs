@@ -32,9 +32,15 @@ public static class MemoryPlanner
         {
             var plugin = components.Quantizer(quantSel.Name);
             double? bits = plugin?.BitsPerParameter(quantSel.Section);
+            bool exact = false;
             foreach (var slot in model.Slots.Where(x => x.Kind != LinearKind.OutputHead))
             {
-                if (bits is { } b)
+                if (plugin?.QuantizedBytes(slot, quantSel.Section) is { } held)
+                {
+                    quantized[slot.Name] = held;
+                    exact = true;
+                }
+                else if (bits is { } b)
                 {
                     long total = (long)Math.Ceiling(slot.Parameters * b / 8), codes = (long)Math.Ceiling(slot.Parameters * Math.Floor(b) / 8);
                     quantized[slot.Name] = (codes, total - codes);
@@ -46,7 +52,7 @@ public static class MemoryPlanner
                 }
             }
             sources.Add(bits is { } pb
-                ? F($"quantizer {quantSel.Name}: plugin's BitsPerParameter ({pb:0.####} bits per weight)")
+                ? F($"quantizer {quantSel.Name}: plugin's {(exact ? "QuantizedBytes" : "BitsPerParameter")} ({pb:0.####} bits per weight)")
                 : F($"quantizer {quantSel.Name}: planner formula ({PlannerFormulas.BitsPerParameter(quantSel.Name, quantSel.Section):0.####} bits per weight){NotLoaded(plugin is null, "quantizer")}"));
         }
 
@@ -121,9 +127,8 @@ public static class MemoryPlanner
         foreach (var h in ComponentSelection.ListFrom(root, "hooks"))
         {
             var plugin = components.Hook(h.Name);
-            var est = plugin?.EstimateMemory(shape, h.Section);
-            string how = est is not null ? "plugin's EstimateMemory" : "planner formula" + NotLoaded(plugin is null, "hook");
-            est ??= PlannerFormulas.Hook(h.Name, shape, h.Section);
+            var est = plugin?.EstimateMemory(shape, h.Section);   // hooks plan themselves (the lisa plugin's)
+            string how = "plugin's EstimateMemory";
             if (est is null)
             {
                 if (plugin is null) throw new PeftConfigurationException(h.NameKey, h.Name, "unknown hook: no loaded plugin provides it");
@@ -168,7 +173,7 @@ public static class MemoryPlanner
         string optHow = optEstimate is not null ? (strategy!.GetType().Assembly == typeof(MemoryPlanner).Assembly ? "host's EstimateMemory" : "plugin's EstimateMemory") : "planner formula" + NotLoaded(strategy is null, "optimizer strategy");
         optEstimate ??= PlannerFormulas.Optimizer(optName, active, optSection)
             ?? throw new PeftConfigurationException(optSel?.NameKey ?? "optimizer:name", optName, strategy is null
-                ? "unknown optimizer strategy: no loaded plugin provides it and the planner has no formula for it (adamw, galore)"
+                ? "unknown optimizer strategy: no loaded plugin provides it ('peft plugins' lists what is loaded)"
                 : "its plugin gives no memory estimate and the planner has no formula for it");
         sources.Add($"optimizer {optName}: {optHow}");
 
@@ -203,7 +208,7 @@ public static class MemoryPlanner
             bool upcast = s.Precision == PlanPrecision.Fp32 && !full && !hookLayerWeights && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
             bool outsideTrains = full || (hookOutside && activeLayers is not null && !full);
             acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: outsideTrains, HeadTrains: outsideTrains,
-                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null));
+                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null, s.LossChunkTokens));
             if (upcast) notes.Add("the frozen base is stored in 16 bits and up-cast per call; autograd keeps each up-cast copy a gradient passes through (counted in activations)");
             if (quantSel is not null) notes.Add("activations do not include dequantized weight copies a quantizer's backward may keep (its plugin's concern)");
         }
@@ -219,6 +224,7 @@ public static class MemoryPlanner
             TotalParameters = model.TotalParameters,
             TrainableParameters = trainable.Sum(p => p.Elements),
             AddedParameters = full ? 0 : adapterTensors.Sum(p => p.Elements),
+            QuantizedBaseCodeBytes = quantized.Where(q => !quantizedTrainable.Any(t => t.StartsWith(q.Key + ".", StringComparison.Ordinal))).Sum(q => q.Value.Codes),
             ActiveTrainableParameters = activeElements,
             Bytes = new MemoryComponents
             {

@@ -16,7 +16,7 @@ public interface IPlanComponentSource
     ITrainingHookFactory? Hook(string name);
 }
 
-/// <summary>No plugins: every method, quantizer, GaLore and LISA come from the planner's formulas; AdamW is the host's.</summary>
+/// <summary>No plugins: methods and quantizers come from the planner's formulas, AdamW is the host's; GaLore and LISA plan themselves, so they need their plugins.</summary>
 public sealed class NoPluginComponents : IPlanComponentSource
 {
     public static readonly NoPluginComponents Instance = new();

@@ -84,6 +84,7 @@ public static class PlanReport
             ["active_trainable_parameters"] = p.ActiveTrainableParameters,
         };
         foreach (var (key, value) in Components(p.Bytes)) json[key] = value?.DeepClone();
+        if (p.QuantizedBaseCodeBytes > 0) json["quantized_base_code_bytes"] = p.QuantizedBaseCodeBytes; // part of base_weight_bytes
         if (p.Activations is { } a)
             json["activations"] = new JsonObject { ["decoder_bytes"] = a.DecoderBytes, ["head_bytes"] = a.HeadBytes, ["upcast_weight_bytes"] = a.UpcastWeightBytes };
         json["per_gpu"] = Components(p.PerGpu);

@@ -40,6 +40,9 @@ public sealed record PlanSettings
     public int SeqLen { get; init; } = 2048;
     public bool ActivationCheckpointing { get; init; }
 
+    /// <summary>peft train's chunked loss (training:loss_chunk_tokens; 0 = full logits, the default for presets).</summary>
+    public int LossChunkTokens { get; init; }
+
     /// <summary>Data-parallel GPUs and the ZeRO stage (0: replicate everything; 1: shard optimizer state; 2: + gradients; 3: + weights).</summary>
     public int Gpus { get; init; } = 1;
     public int ZeroStage { get; init; }

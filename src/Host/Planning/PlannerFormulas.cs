@@ -98,51 +98,12 @@ public static class PlannerFormulas
     };
 
     /// <summary>
-    /// GaLore (official galore_torch): 2-D decoder projection weights get a projector refreshed from the
-    /// gradient's SVD; the rest (embeddings, norms, head) plain AdamW. For G (m = out, n = in), rank r' = min(r, m, n):
-    /// <c>std</c> (default, one-sided): projector r' × min(m, n), Adam moments r' × max(m, n) each;
-    /// <c>full</c> (two-sided, the seed's): projectors (m + n) × r', moments r' × r' each.
-    /// <c>layerwise</c>: each gradient is freed right after its update, so one tensor's gradient is held at a time.
-    /// Options: rank (128), proj_type (std | full), layerwise (false).
+    /// AdamW (the host's default strategy; <see cref="Optimization.AdamWStrategy"/> gives the same figure): two moments
+    /// per element and an 8-byte step counter per tensor. Other strategies plan themselves
+    /// (<c>IOptimizerStrategy.EstimateMemory</c>: the galore plugin's); null for them.
     /// </summary>
-    public static OptimizerMemoryEstimate? Optimizer(string name, IReadOnlyList<PlannedParameter> ps, IConfiguration o)
-    {
-        if (string.Equals(name, "adamw", StringComparison.OrdinalIgnoreCase))
-            return new OptimizerMemoryEstimate(ps.Sum(p => 2 * p.Elements * p.ElementBytes + 8));
-        if (!string.Equals(name, "galore", StringComparison.OrdinalIgnoreCase)) return null;
-        int rank = Int(o, "rank", 128);
-        if (rank <= 0) throw new PeftConfigurationException(Key(o, "rank"), rank.ToString(CultureInfo.InvariantCulture), "must be a positive integer");
-        var type = (o["proj_type"] ?? "std").ToLowerInvariant();
-        if (type is not ("std" or "full"))
-            throw new PeftConfigurationException(Key(o, "proj_type"), type, "the planner knows 'std' (one-sided, the default) and 'full' (two-sided)");
-        long state = 0, projections = 0;
-        foreach (var p in ps)
-        {
-            state += 8; // step counter
-            if (p.Shape.Count == 2 && p.LayerIndex is not null)
-            {
-                long m = p.Shape[0], n = p.Shape[1], r = Math.Min(rank, Math.Min(m, n));
-                if (type == "std") { state += 2 * r * Math.Max(m, n) * p.ElementBytes; projections += r * Math.Min(m, n) * p.ElementBytes; }
-                else { state += 2 * r * r * p.ElementBytes; projections += (m + n) * r * p.ElementBytes; }
-            }
-            else state += 2 * p.Elements * p.ElementBytes;
-        }
-        long? held = Bool(o, "layerwise", false) && ps.Count > 0 ? ps.Max(p => p.Elements) : null;
-        return new OptimizerMemoryEstimate(state, projections, held);
-    }
-
-    /// <summary>LISA: <c>k</c> (LMFlow's lisa_activated_layers, default 2) decoder layers train at once.</summary>
-    public static HookMemoryEstimate? Hook(string name, ModelShape shape, IConfiguration o)
-    {
-        if (!string.Equals(name, "lisa", StringComparison.OrdinalIgnoreCase)) return null;
-        int k = Int(o, "k", 2);
-        if (k <= 0 || k > shape.NumHiddenLayers)
-            throw new PeftConfigurationException(Key(o, "k"), k.ToString(CultureInfo.InvariantCulture), $"must be in [1, {shape.NumHiddenLayers}] (the model's layers)");
-        // the lisa plugin: active layers train their own weights (their adapters frozen), the others' adapters train,
-        // and always_trainable (default: everything outside the decoder layers) trains throughout
-        bool outside = !string.Equals(o["always_trainable"], "none", StringComparison.OrdinalIgnoreCase);
-        return new HookMemoryEstimate(k, TrainsLayerWeights: true, TrainsOutsideLayers: outside);
-    }
+    public static OptimizerMemoryEstimate? Optimizer(string name, IReadOnlyList<PlannedParameter> ps, IConfiguration o) =>
+        string.Equals(name, "adamw", StringComparison.OrdinalIgnoreCase) ? new OptimizerMemoryEstimate(ps.Sum(p => 2 * p.Elements * p.ElementBytes + 8)) : null;
 
     static string Key(IConfiguration o, string key) => o is IConfigurationSection s && s.Path.Length > 0 ? $"{s.Path}:{key}" : key;
 

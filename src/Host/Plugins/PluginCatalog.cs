@@ -183,6 +183,7 @@ public sealed class PluginCatalog : IDisposable
     static LoadedPlugin Instantiate(string path, List<PluginLoader> loaders)
     {
         CheckDepsFile(path);
+        AbstractionsCompatibility.Check(path);
         Assembly assembly;
         try
         {

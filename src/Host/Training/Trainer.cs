@@ -71,6 +71,8 @@ public static class Trainer
         int startStep = step;
 
         var metrics = new MetricsLog(run.OutputDirectory, startStep);
+        if (startStep == 0 && run.BaselineEvaluation is { } baseline)
+            metrics.LogEval(0, baseline.Loss, baseline.CountedTokens, 0);
         var sampler = new EpochSampler(run.Data.Train.Count, o.BatchSize, o.Seed, run.Data.ShuffleTrain, position);
         var context = new TrainingContext
         {
@@ -97,9 +99,12 @@ public static class Trainer
             model.Module.train();
             run.Optimizer.ZeroGrad();
 
+            long peakGradients = 0;
+            long? lastStepActivations = null;
             double windowLoss = 0, windowSeconds = 0, windowGradNorm = 0;
             long windowTokens = 0;
             int windowSteps = 0;
+            (double Loss, int FromStep, int ToStep)? lastLogged = null;
             while (step < totalSteps)
             {
                 if (cancellation.IsCancellationRequested) { interrupted = true; break; }
@@ -115,8 +120,13 @@ public static class Trainer
                     micro.Add(BatchCollator.Collate(sampler.NextBatch().Select(i => run.Data.Train[i]).ToList(), run.Data.PadId));
                 int countedTokens = micro.Sum(m => m.CountedTokens);
                 double lossSum = 0;
+                lastStepActivations = null; // the last step's (the first one's include one-time allocations)
                 foreach (var batch in micro)
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens);
+                {
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations);
+                    if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
+                }
+                peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
@@ -142,6 +152,7 @@ public static class Trainer
                 }
                 sink.OnStep(new StepReport(step, totalSteps, startStep, logStep ? windowLoss / windowSteps : loss, lr,
                     logStep ? windowGradNorm / windowSteps : gradNorm, tokensPerSecond, clock.Elapsed, logStep));
+                if (logStep) lastLogged = (windowLoss / windowSteps, step - windowSteps + 1, step);
                 if (logStep) { windowLoss = 0; windowGradNorm = 0; windowSeconds = 0; windowTokens = 0; windowSteps = 0; }
 
                 bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
@@ -161,6 +172,7 @@ public static class Trainer
                 }
             }
 
+            sink.Finish();
             if (interrupted && step > lastCheckpoint)
             {
                 SaveCheckpoint(run, step, totalSteps, sampler.Position, steps.Count > 0 ? steps[^1].Loss : null, Elapsed());
@@ -174,13 +186,20 @@ public static class Trainer
                 ValidationExamples = run.Data.Validation.Count,
                 TotalSteps = totalSteps,
                 FinalStep = step,
-                FinalLoss = steps.Count > 0 ? steps[^1].Loss : null,
+                // the last printed (and logged) loss: the mean over the steps since the previous log line
+                FinalLoss = lastLogged?.Loss,
+                FinalLossSteps = lastLogged is { } w ? [w.FromStep, w.ToStep] : null,
+                LastStepLoss = steps.Count > 0 ? steps[^1].Loss : null,
                 FinalEvalLoss = evaluations.Count > 0 ? evaluations[^1].Loss : null,
                 ElapsedSeconds = Math.Round(Elapsed(), 3),
                 Hooks = HookStates.Save(run.Hooks),
+                HeldMemory = HeldMemory.Measure(model, trainable, run.Optimizer, peakGradients, lastStepActivations),
             };
             sink.WriteLine(summary.Describe());
-            sink.WriteLine(interrupted ? $"interrupted after step {step}; continue with training:resume = latest" : $"done: {step} steps, result in {run.OutputDirectory}");
+            sink.WriteLine(summary.HeldMemory!.Describe());
+            var finalLoss = summary.FinalLoss is { } fl && summary.FinalLossSteps is [var from, var to]
+                ? string.Create(CultureInfo.InvariantCulture, $" (final loss {fl:0.0000}, mean of steps {from}-{to})") : "";
+            sink.WriteLine(interrupted ? $"interrupted after step {step}{finalLoss}; continue with training:resume = latest" : $"done: {step} steps{finalLoss}, result in {run.OutputDirectory}");
         });
 
         AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
@@ -196,12 +215,15 @@ public static class Trainer
         };
     }
 
-    /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens)
+    /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
+    /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
+        long? heapBefore = ProcessMemory.HeapInUse();
         var sum = CausalLmLoss.Sum(model, inputIds, labels, lossChunkTokens);
+        activations = heapBefore is { } hb && ProcessMemory.HeapInUse() is { } ha ? ha - hb : null;
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
         var scaled = sum / stepTokens;

@@ -75,8 +75,8 @@ public sealed class TrainingOptions : IValidatableOptions
     [ConfigurationKeyName("loss_chunk_tokens")] public int LossChunkTokens { get; set; } = CausalLmLoss.DefaultChunkTokens;
 
     /// <summary>
-    /// LibTorch intra-op CPU threads; 0 = one per physical core this process may use (<see cref="LibTorchThreads"/>;
-    /// hyper-threads do not count). 1 avoids OpenMP's busy-waiting collapsing throughput when other processes share the cores.
+    /// LibTorch intra-op CPU threads; 0 = one per physical core this process may use and no other process keeps
+    /// busy (<see cref="LibTorchThreads.Default"/>; hyper-threads do not count).
     /// </summary>
     [ConfigurationKeyName("num_threads")] public int NumThreads { get; set; }
 

@@ -25,6 +25,9 @@ public interface IProgressSink
 {
     void OnStep(StepReport report);
     void WriteLine(string message);
+
+    /// <summary>The loop is over: what is written from now on (the summary, "done:") comes after the progress display.</summary>
+    void Finish() { }
 }
 
 /// <summary>Shows a run's progress. <see cref="Run"/> executes the training loop inside the display.</summary>
@@ -62,36 +65,96 @@ public sealed class PlainTrainingProgress(TextWriter output) : ITrainingProgress
     }
 }
 
-/// <summary>A Spectre.Console progress bar: step, loss, lr, tokens/s in the description; bar, percentage, elapsed and ETA columns.</summary>
+/// <summary>
+/// A one-row live status line: step, loss, lr, tokens/s, a bar, percentage, elapsed and ETA. It is redrawn in place
+/// with a carriage return and "erase line", never with cursor-up, and is always shorter than the terminal width
+/// (the bar shrinks, then the line is cut), so it never wraps: at any width (80, 70, 40 columns) no fragment of an
+/// earlier state is left on the screen. Messages (evaluations, checkpoints) erase the status line, print, and
+/// redraw it; after <see cref="IProgressSink.Finish"/> the last state stays as a plain line and later messages
+/// (the summary, "done:") follow it.
+/// </summary>
 public sealed class LiveTrainingProgress(IAnsiConsole? console = null) : ITrainingProgress
 {
     readonly IAnsiConsole _console = console ?? AnsiConsole.Console;
 
     public void Run(int startStep, int totalSteps, Action<IProgressSink> loop)
     {
-        _console.Progress()
-            .AutoClear(false)
-            .HideCompleted(false)
-            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
-                     new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
-            .Start(ctx =>
-            {
-                var task = ctx.AddTask(Markup.Escape($"step {startStep}/{totalSteps}"), maxValue: Math.Max(1, totalSteps));
-                task.Value = startStep;
-                loop(new Sink(task, _console));
-                task.Value = task.MaxValue;
-            });
+        var sink = new Sink(_console, startStep, totalSteps);
+        try { loop(sink); }
+        finally { sink.Finish(); }
     }
 
-    sealed class Sink(ProgressTask task, IAnsiConsole console) : IProgressSink
+    /// <summary>The status line for <paramref name="width"/> columns: at most width - 1 characters.</summary>
+    public static string StatusLine(StepReport? report, int startStep, int totalSteps, int width, bool unicode)
     {
+        int step = report?.Step ?? startStep;
+        var left = report is null
+            ? $"step {step}/{totalSteps}"
+            : string.Create(CultureInfo.InvariantCulture,
+                $"step {report.Step}/{report.TotalSteps}  loss {report.Loss:0.0000}  lr {report.LearningRate:0.##e+00}  {report.TokensPerSecond:0} tok/s");
+        double fraction = totalSteps <= 0 ? 1 : Math.Clamp((double)step / totalSteps, 0, 1);
+        var elapsed = report is null ? "" : " " + Clock(report.Elapsed);
+        var eta = report?.Eta is { } e ? " eta " + Clock(e) : "";
+        var right = string.Create(CultureInfo.InvariantCulture, $" {fraction * 100,3:0}%{elapsed}{eta}");
+        int max = Math.Max(1, width - 1);
+        if (report is not null && max - left.Length - right.Length - 1 < 8) // narrow: give up tok/s before the bar
+            left = string.Create(CultureInfo.InvariantCulture, $"step {report.Step}/{report.TotalSteps}  loss {report.Loss:0.0000}  lr {report.LearningRate:0.##e+00}");
+        int barWidth = Math.Min(30, max - left.Length - right.Length - 1);
+        string line = barWidth >= 5
+            ? left + " " + Bar(fraction, barWidth, unicode) + right
+            : left + right;
+        return line.Length <= max ? line : line[..max];
+    }
+
+    static string Bar(double fraction, int width, bool unicode)
+    {
+        int done = (int)Math.Round(fraction * width);
+        return unicode ? new string('━', done) + new string('╺', Math.Min(1, width - done)) + new string(' ', Math.Max(0, width - done - 1))
+                       : "[" + new string('#', Math.Max(0, done - 2)) + new string('.', Math.Max(0, width - 2 - Math.Max(0, done - 2))) + "]";
+    }
+
+    static string Clock(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}:{t:mm\\:ss}" : t.ToString(@"mm\:ss", CultureInfo.InvariantCulture);
+
+    sealed class Sink(IAnsiConsole console, int startStep, int totalSteps) : IProgressSink
+    {
+        StepReport? _last;
+        bool _shown, _finished;
+        TextWriter Out => console.Profile.Out.Writer;
+
         public void OnStep(StepReport report)
         {
-            task.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                $"step {report.Step}/{report.TotalSteps}  loss {report.Loss:0.0000}  lr {report.LearningRate:0.##e+00}  {report.TokensPerSecond:0} tok/s"));
-            task.Value = report.Step;
+            _last = report;
+            if (!_finished) Draw();
         }
 
-        public void WriteLine(string message) => console.MarkupLine(Markup.Escape(message));
+        public void WriteLine(string message)
+        {
+            Erase();
+            Out.Write(message + "\n");
+            if (!_finished) Draw();
+            else Out.Flush();
+        }
+
+        public void Finish()
+        {
+            if (_finished) return;
+            _finished = true;
+            if (_shown) Out.Write("\n"); // the last state stays as a plain line
+            _shown = false;
+            Out.Flush();
+        }
+
+        void Draw()
+        {
+            Out.Write("\r\u001b[2K" + StatusLine(_last, startStep, totalSteps, console.Profile.Width, console.Profile.Capabilities.Unicode));
+            Out.Flush();
+            _shown = true;
+        }
+
+        void Erase()
+        {
+            if (_shown) Out.Write("\r\u001b[2K");
+            _shown = false;
+        }
     }
 }

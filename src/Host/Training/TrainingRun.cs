@@ -34,6 +34,12 @@ public sealed class TrainingRun
 
     public ITrainingProgress Progress { get; init; } = TrainingProgress.Silent;
 
+    /// <summary>
+    /// The held-out loss before training (the command's "step 0" baseline), when it measured one: logged as the
+    /// step-0 evaluation line of metrics.jsonl, so loss_curve.png starts from it.
+    /// </summary>
+    public EvalRecord? BaselineEvaluation { get; init; }
+
     /// <summary>Draw loss_curve.png at the end (ScottPlot).</summary>
     public bool WriteLossCurve { get; init; } = true;
 }

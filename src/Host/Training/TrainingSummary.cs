@@ -26,9 +26,23 @@ public sealed record TrainingSummary
     [JsonPropertyName("validation_examples")] public int ValidationExamples { get; init; }
     [JsonPropertyName("total_steps")] public int TotalSteps { get; init; }
     [JsonPropertyName("final_step")] public int FinalStep { get; init; }
+    /// <summary>
+    /// The last loss printed and written to metrics.jsonl: the mean training loss over the steps
+    /// <see cref="FinalLossSteps"/> (first, last), i.e. since the previous log line (training:log_every).
+    /// </summary>
     [JsonPropertyName("final_loss")] public double? FinalLoss { get; init; }
+
+    /// <summary>The first and last step <see cref="FinalLoss"/> averages over.</summary>
+    [JsonPropertyName("final_loss_steps")] public int[]? FinalLossSteps { get; init; }
+
+    /// <summary>The loss of the final optimizer step alone.</summary>
+    [JsonPropertyName("last_step_loss")] public double? LastStepLoss { get; init; }
     [JsonPropertyName("final_eval_loss")] public double? FinalEvalLoss { get; init; }
     [JsonPropertyName("elapsed_s")] public double ElapsedSeconds { get; init; }
+
+    /// <summary>What the run holds, measured from its tensors (see <see cref="Training.HeldMemory"/>); what <c>peft plan --config</c> predicts.</summary>
+    [JsonPropertyName("held_memory"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public HeldMemory? HeldMemory { get; init; }
 
     /// <summary>The training hooks' final states (LISA: the layers active in each interval), as in checkpoints; absent without hooks.</summary>
     [JsonPropertyName("hooks"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]

@@ -60,7 +60,7 @@ public sealed class DoraEndToEndTests(Stories260KFixture fx)
 
     static List<double> EvalLosses(string outDir) =>
         File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject())
-            .Where(m => m.ContainsKey("eval_loss")).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+            .Where(m => m.ContainsKey("eval_loss") && (int)m["step"]! > 0).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
 
     const string DoraMethod = """{ "name": "dora", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }""";
 

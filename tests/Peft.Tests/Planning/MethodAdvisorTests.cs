@@ -31,7 +31,7 @@ public sealed class MethodAdvisorTests
     {
         var inputs = new AdvisorInputs(size, gb, gpus, quality, multiTenant, throughput);
         MethodAdvisor.RuleOfThumb(inputs).Method.Should().BeOneOf(accepted, scenario);
-        var (choice, budgets) = MethodAdvisor.FromPlans(inputs, Preset(preset), Template, NoPluginComponents.Instance);
+        var (choice, budgets) = MethodAdvisor.FromPlans(inputs, Preset(preset), Template, PlanTestKit.FormulaComponents);
         choice.Method.Should().BeOneOf(accepted, $"{scenario}: {choice.Reason}");
         // the choice is backed by a plan that fits
         budgets.Should().Contain(b => b.Method == choice.Method && b.Fits);
@@ -55,7 +55,7 @@ public sealed class MethodAdvisorTests
         // out: GaLore does not fit one 80 GB GPU, LISA k=8 does.
         var inputs = new AdvisorInputs(13, 80, 1, QualityRequirement.Maximum, false, ThroughputPriority.Medium);
         MethodAdvisor.RuleOfThumb(inputs).Method.Should().Be("galore");
-        var (choice, budgets) = MethodAdvisor.FromPlans(inputs, Preset("llama2-13b"), Template, NoPluginComponents.Instance);
+        var (choice, budgets) = MethodAdvisor.FromPlans(inputs, Preset("llama2-13b"), Template, PlanTestKit.FormulaComponents);
         var galore = budgets.First(b => b.Method == "galore");
         galore.Fits.Should().BeFalse();
         galore.Plan.Bytes.MasterWeightBytes.Should().Be(4 * Preset("llama2-13b").TotalParameters);

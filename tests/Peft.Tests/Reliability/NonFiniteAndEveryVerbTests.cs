@@ -69,18 +69,38 @@ public sealed class NonFiniteAndEveryVerbTests(Stories260KFixture fx)
             Directory.Exists(merged).Should().BeFalse("nothing is written when the merge is refused");
         }
 
-        // lora_alpha = 1e30: in float32 the outputs saturate (RMSNorm of ~1e29 activations) rather than turn NaN here;
-        // whatever comes out, no verb crashes: exit 0 or a clean exit 2, never a stack trace
+        // lora_alpha = 1e30: every weight is finite, but scaling·B·A·x reaches ~1e29 and mean(h²) in the next RMSNorm
+        // overflows float32: a probe forward pass finds the layer, and every verb refuses in one line (merge writes nothing)
+        var mergedHuge = Path.Combine(work, "merged-huge");
         foreach (var argv in new[]
                  {
                      new[] { "eval", "--model", fx.ModelDir, "--adapter", huge, "--data", data, "--json" },
                      ["generate", "--model", fx.ModelDir, "--adapter", huge, "--temperature", "0", "--max-new-tokens", "20"],
-                     ["merge", "--model", fx.ModelDir, "--adapter", huge, "--out", Path.Combine(work, "merged-huge")],
+                     ["merge", "--model", fx.ModelDir, "--adapter", huge, "--out", mergedHuge],
                  })
         {
             var r = PeftProcess.Run(work, argv);
-            r.Code.Should().BeOneOf([0, 2], r.ToString());
-            r.Err.Should().NotContain("   at ").And.NotContain("Unhandled");
+            RunKit.ShouldBeACleanRefusal(r.Code, r.Err, "non-finite", "decoder layer", "lora_alpha");
+            r.Out.Should().BeEmpty("no loss, text or merged model comes out: " + r);
+        }
+        Directory.Exists(mergedHuge).Should().BeFalse("the refused merge wrote nothing");
+
+        // lora_alpha = 1e300 cannot even be a float32 scaling: refused when the adapter config is read, naming the key
+        var beyond = Path.Combine(work, "beyond");
+        PeftProcess.CopyDirectory(good, beyond);
+        var beyondConfig = Path.Combine(beyond, "adapter_config.json");
+        var beyondJson = JsonNode.Parse(File.ReadAllText(beyondConfig))!;
+        beyondJson["lora_alpha"] = 1e300;
+        File.WriteAllText(beyondConfig, beyondJson.ToJsonString());
+        foreach (var argv in new[]
+                 {
+                     new[] { "eval", "--model", fx.ModelDir, "--adapter", beyond, "--data", data, "--json" },
+                     ["generate", "--model", fx.ModelDir, "--adapter", beyond, "--temperature", "0", "--max-new-tokens", "20"],
+                     ["merge", "--model", fx.ModelDir, "--adapter", beyond, "--out", Path.Combine(work, "merged-beyond")],
+                 })
+        {
+            var r = PeftProcess.Run(work, argv);
+            RunKit.ShouldBeACleanRefusal(r.Code, r.Err, "'lora_alpha'", "1E+300", "float32");
         }
         var nanEval = PeftProcess.Run(work, "eval", "--model", fx.ModelDir, "--adapter", nan, "--data", data);
         nanEval.Err.Should().Contain(NanTensor.Replace("base_model.model.", "").Replace(".weight", ""), "the NaN tensor is named");
@@ -118,6 +138,8 @@ public sealed class NonFiniteAndEveryVerbTests(Stories260KFixture fx)
         yield return ["merge", "--model", "{model}", "--adapter", "/nonexistent", "--out", "/tmp/merged-never"];
         yield return ["merge", "--model", "{model}", "--adapter", "{model}", "--out", "{model}"];
         yield return ["plugins", "--plugins", "/nonexistent"];
+        yield return ["quantize", "--model", "{model}", "--method", "nf4", "--out", "{model}"];
+        yield return ["quantize", "--model", "{model}", "--method", "nf4", "--out", "{model}/inside"];
     }
 
     [Theory]

@@ -124,4 +124,36 @@ public sealed class OutputFolderTests(Stories260KFixture fx)
         remerge.Code.Should().Be(0, "its own previous output is replaced: " + remerge.Err);
         File.Exists(Path.Combine(adapter, "adapter_model.safetensors")).Should().BeTrue();
     }
+
+    [Fact]
+    public void Quantize_follows_the_same_rules_temporary_sibling_foreign_files_and_inputs()
+    {
+        var work = fx.NewDir("quantize");
+        var model = Path.Combine(work, "model");
+        PeftProcess.CopyDirectory(fx.ModelDir, model);
+        Directory.CreateDirectory(Path.Combine(work, "notes"));
+        File.WriteAllText(Path.Combine(work, "notes", "thesis.tex"), "years of work");
+        var before = RunKit.Snapshot(work);
+
+        var onModel = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "model", "--overwrite");
+        RunKit.ShouldBeACleanRefusal(onModel.Code, onModel.Err, "'model' is the input given with --model");
+        var insideModel = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "model/nf4");
+        RunKit.ShouldBeACleanRefusal(insideModel.Code, insideModel.Err, "'model/nf4' is inside the input given with --model");
+        var aboveModel = PeftProcess.Run(work, "quantize", "--model", "model/../model", "--method", "nf4", "--out", ".", "--overwrite");
+        RunKit.ShouldBeACleanRefusal(aboveModel.Code, aboveModel.Err, "current directory");
+        var foreign = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "notes");
+        RunKit.ShouldBeACleanRefusal(foreign.Code, foreign.Err, "'notes'", "'thesis.tex'", "--overwrite");
+        RunKit.Snapshot(work).Should().Equal(before, "every refused quantize left the model and the notes as they were");
+
+        var fresh = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "nf4");
+        fresh.Code.Should().Be(0, fresh.ToString());
+        var again = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "nf4");
+        again.Code.Should().Be(0, "its own previous output is replaced: " + again.Err);
+        Directory.GetFileSystemEntries(work).Select(Path.GetFileName).Order().Should().Equal(["model", "nf4", "notes"], "no temporary sibling is left");
+
+        var overwrite = PeftProcess.Run(work, "quantize", "--model", "model", "--method", "nf4", "--out", "notes", "--overwrite");
+        overwrite.Code.Should().Be(0, overwrite.ToString());
+        File.Exists(Path.Combine(work, "notes", "thesis.tex")).Should().BeFalse("--overwrite replaces the whole folder");
+        File.Exists(Path.Combine(work, "notes", HfModelFolder.ConfigFile)).Should().BeTrue();
+    }
 }

@@ -43,4 +43,15 @@ public sealed class LibTorchThreadsTests
     {
         LibTorchThreads.PhysicalCores("/nonexistent/cpu", available: 6).Should().Be(6);
     }
+
+    [Theory]
+    [InlineData(4, 0.0, 4)]
+    [InlineData(4, 0.9, 4)]
+    [InlineData(4, 1.2, 3)]
+    [InlineData(2, 7.9, 1)]
+    [InlineData(2, double.NaN, 2)]
+    public void Busy_cores_are_left_to_the_processes_running_on_them(int cores, double load, int expected)
+    {
+        LibTorchThreads.Choose(cores, load).Should().Be(expected);
+    }
 }

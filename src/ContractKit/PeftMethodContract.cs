@@ -4,7 +4,7 @@ using Peft.Abstractions.Model;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Peft.Contract.Tests.Contract;
+namespace Peft.ContractKit;
 
 /// <summary>
 /// The contract every <see cref="IPeftMethod"/> honours, after HF PEFT's <c>testing_common</c>: each

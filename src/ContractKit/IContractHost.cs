@@ -2,7 +2,7 @@ using Peft.Abstractions.Methods;
 using Peft.Abstractions.Model;
 using static TorchSharp.torch;
 
-namespace Peft.Contract.Tests.Contract;
+namespace Peft.ContractKit;
 
 /// <summary>A base model the contract drives: what plugins see (<see cref="IPeftModel"/>) plus a forward pass.</summary>
 public interface IContractModel : IDisposable

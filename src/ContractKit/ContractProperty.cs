@@ -1,4 +1,4 @@
-namespace Peft.Contract.Tests.Contract;
+namespace Peft.ContractKit;
 
 /// <summary>The properties every <see cref="Abstractions.Methods.IPeftMethod"/> must have (see <see cref="PeftMethodContract"/>).</summary>
 public enum ContractProperty

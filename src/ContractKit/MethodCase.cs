@@ -1,4 +1,4 @@
-namespace Peft.Contract.Tests.Contract;
+namespace Peft.ContractKit;
 
 /// <summary>
 /// One method under the contract: its configuration name, a small configuration (the keys of its <c>method</c>

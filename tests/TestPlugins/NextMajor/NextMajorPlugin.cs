@@ -1,0 +1,12 @@
+using Microsoft.Extensions.DependencyInjection;
+using Peft.Abstractions.Plugins;
+
+namespace Peft.TestPlugins.NextMajor;
+
+/// <summary>A plugin compiled against another release of Peft.Abstractions (see the project file); it registers nothing.</summary>
+public sealed class NextMajorPlugin : IPeftPlugin
+{
+    public string Name => "nextmajor";
+    public string Description => "test plugin built against another Peft.Abstractions version";
+    public void ConfigureServices(IServiceCollection services) { }
+}
