@@ -34,4 +34,7 @@ public interface ITrainableQuantizedWeight : ILinearLayer, IQuantizedWeightBytes
 
     /// <summary>Replace the quantized weight with stored tensors (copied); a missing key, wrong shape or dtype throws naming it.</summary>
     void LoadQuantizedState(IReadOnlyDictionary<string, Tensor> state);
+
+    /// <summary>Bytes the quantized weight occupies (codes + scales); the same figure as <see cref="IQuantizedWeightBytes.QuantizedBytes"/>.</summary>
+    new long QuantizedBytes { get; }
 }
