@@ -40,9 +40,12 @@ public sealed class BenchOptions
     /// <summary>Parent: after the rounds, run one diagnostic child per variant that times each phase of a step. Child: be that diagnostic.</summary>
     public bool Breakdown { get; private set; }
 
+    /// <summary>Measure QLoRA's NF4 dequantization throughput beside an fp32 copy instead of training (<see cref="DequantThroughput"/>).</summary>
+    public bool Dequant { get; private set; }
+
     public const string Usage =
         "usage: Peft.Bench [--rounds N] [--variants LIST] [--batch-size B] [--seq-len T] [--warmup-steps W]\n" +
-        "                  [--steps S] [--threads N] [--seed N] [--breakdown] [--out FILE.md]\n\n" +
+        "                  [--steps S] [--threads N] [--seed N] [--breakdown] [--dequant] [--out FILE.md]\n\n" +
         "Trains a randomly initialised Llama of stories15M's shape on random tokens with each variant, each run in a\n" +
         "fresh child process, alternating variants round by round; prints medians and LoRA/full ratios.\n\n" +
         "  --rounds N          rounds; each round runs every variant once (default 3)\n" +
@@ -55,6 +58,7 @@ public sealed class BenchOptions
         "  --loss-chunk-tokens N  training:loss_chunk_tokens in every child (default: the trainer's, 256; 0 = full logits)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
         "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
+        "  --dequant           instead of training: NF4 dequantization GB/s (QLoRA plugin's CPU kernel) beside an fp32 copy of the same size\n" +
         "  --vocab-scaling     instead: peak memory of a LoRA step with vocab 128,256 at seq 256..2048, chunked loss vs full logits\n" +
         "                      (with --out FILE.md also FILE.png)\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
@@ -70,6 +74,7 @@ public sealed class BenchOptions
         {
             string flag = args[i];
             if (flag is "--help" or "-h") { o.Help = true; continue; }
+            if (flag == "--dequant") { if (o.Dequant) throw new BenchUsageException("--dequant is given twice"); o.Dequant = true; continue; }
             if (flag == "--vocab-scaling") { if (o.VocabScaling) throw new BenchUsageException("--vocab-scaling is given twice"); o.VocabScaling = true; continue; }
             if (flag == "--breakdown") { if (o.Breakdown) throw new BenchUsageException("--breakdown is given twice"); o.Breakdown = true; continue; }
             if (!flag.StartsWith("--", StringComparison.Ordinal))

@@ -100,9 +100,7 @@ public static class ChildRun
     {
         var seen = new HashSet<IntPtr>();
         long bytes = model.NamedParameters().Where(p => seen.Add(p.Parameter.Handle)).Sum(p => p.Parameter.NumberOfElements * p.Parameter.ElementSize);
-        foreach (var slot in model.LinearSlots)
-            if (model.GetLinear(slot.Name) is Peft.Abstractions.Quantization.ITrainableQuantizedWeight q) bytes += q.QuantizedBytes;
-        return bytes;
+        return bytes + Peft.Abstractions.Quantization.QuantizedWeightBytes.Sum(model).Bytes;   // through adapters to their base
     }
 
     /// <summary>Records the trainer's clock at the end of every optimizer step; shows nothing.</summary>

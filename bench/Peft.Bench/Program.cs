@@ -26,6 +26,7 @@ if (options.Help)
     return 0;
 }
 
+if (options.Dequant) return DequantThroughput.Run(options);
 if (options.VocabChild is { } vocabChild)
 {
     try

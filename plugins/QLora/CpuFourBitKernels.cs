@@ -42,21 +42,29 @@ public sealed unsafe class CpuFourBitKernels : IFourBitKernels
     {
         if (weight.dim() != 2) throw new ArgumentException($"expected a 2-D (out, in) weight, got [{string.Join(", ", weight.shape)}]");
         long outF = weight.shape[0], inF = weight.shape[1], n = outF * inF;
-        float[] values;
-        using (torch.no_grad())
-        using (var f = weight.detach().to(ScalarType.Float32).cpu().contiguous())
-            values = f.data<float>().ToArray();
-
         long blocks = (n + blockSize - 1) / blockSize;
-        var packed = new byte[(n + 1) / 2];
-        var absmax = new float[blocks];
-        QuantizeBlocks(values, type, blockSize, packed, absmax);
-
-        var packedT = torch.tensor(packed, dtype: ScalarType.Byte).reshape(packed.Length, 1);
+        // Read the weight and write the codes and absmax in place, through spans over the tensors' own storage: no
+        // managed copy of the fp32 weight (for every layer of a model that would be large-object-heap garbage held
+        // until a full GC, i.e. the whole fp32 decoder again in the process's peak memory).
+        var packedT = torch.empty(new[] { (n + 1) / 2, 1L }, ScalarType.Byte);
+        var absmaxT = torch.empty(blocks, ScalarType.Float32);
+        try
+        {
+            using (torch.no_grad())
+            using (var f = weight.detach().to(ScalarType.Float32).cpu().contiguous())
+                QuantizeBlocks(MemoryMarshal.Cast<byte, float>(f.bytes), type, blockSize, packedT.bytes, MemoryMarshal.Cast<byte, float>(absmaxT.bytes));
+        }
+        catch
+        {
+            packedT.Dispose();
+            absmaxT.Dispose();
+            throw;
+        }
         if (!doubleQuant)
-            return new FourBitWeights(type, blockSize, outF, inF, packedT, torch.tensor(absmax), null, null, 0f);
+            return new FourBitWeights(type, blockSize, outF, inF, packedT, absmaxT, null, null, 0f);
 
-        var (qAbsmax, nested, offset) = DoubleQuantize(absmax);
+        var (qAbsmax, nested, offset) = DoubleQuantize(MemoryMarshal.Cast<byte, float>(absmaxT.bytes));
+        absmaxT.Dispose();
         return new FourBitWeights(type, blockSize, outF, inF, packedT, null,
                                   torch.tensor(qAbsmax, dtype: ScalarType.Byte), torch.tensor(nested), offset);
     }

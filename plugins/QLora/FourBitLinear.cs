@@ -15,10 +15,13 @@ namespace Peft.Plugins.QLora;
 ///   backward:  ∂L/∂x = ∂L/∂y · deq(W)        (…, out) → (…, in); the base gets no weight gradient
 /// </code>
 /// deq(W) is written into one reused buffer (<see cref="IFourBitKernels.Scratch"/>) right before each product and is
-/// not kept for backward: backward dequantizes again, so training holds packed weights only. The packed bytes and
+/// not kept for backward: backward dequantizes again, so training holds packed weights only — when the layer is wider
+/// than the batch has tokens (in &gt; tokens, every 7B-class layer). For a small layer on many tokens, whatever serves
+/// backward costs less as a freshly dequantized (out, in) weight kept by autograd than as the (tokens, out) buffer
+/// TorchSharp's custom-function machinery keeps per call; the layer picks the smaller (see <see cref="forward"/>). The packed bytes and
 /// statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
 /// </summary>
-public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
+public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear, IQuantizedWeightBytes
 {
     FourBitWeights _weights;
     readonly IFourBitKernels _kernels;
@@ -68,12 +71,22 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
     /// <summary>Bytes held for the weight (packed codes + statistics), bias excluded.</summary>
     public long WeightStorageBytes => _weights.StorageBytes;
 
+    /// <summary><see cref="WeightStorageBytes"/>, for memory reports (<see cref="QuantizedWeightBytes.Sum"/>).</summary>
+    public long QuantizedBytes => _weights.StorageBytes;
+    public long QuantizedWeightCount => _weights.Count;
+
     public override Tensor forward(Tensor x)
     {
         if (x.shape[^1] != InFeatures)
             throw new ArgumentException($"{ModuleName}: input has {x.shape[^1]} features, the layer takes {InFeatures}");
         using var scope = torch.NewDisposeScope();
-        var y = torch.is_grad_enabled() && x.requires_grad ? FourBitMatmul.apply(x, this) : Product(x);
+        Tensor y;
+        if (!(torch.is_grad_enabled() && x.requires_grad)) y = Product(x);
+        // Training: something must serve backward. The autograd function keeps no weight, but TorchSharp keeps an
+        // output-shaped buffer per call (tokens × out floats); saving a fresh deq(W) costs out × in floats. Keep the
+        // smaller: the function when tokens < in (large layers, bitsandbytes' case), the weight otherwise.
+        else if (x.NumberOfElements / InFeatures < InFeatures) y = FourBitMatmul.apply(x, this);
+        else y = SavedWeightProduct(x);
         if (bias is not null) y = y + (bias.dtype == y.dtype ? bias : bias.to(y.dtype));
         return y.MoveToOuterDisposeScope();
     }
@@ -84,6 +97,25 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var w = DequantizedForCompute();
+        var xc = x.dtype == ComputeDtype ? x : x.to(ComputeDtype);
+        var y = nn.functional.linear(xc, w);
+        return (y.dtype == x.dtype ? y : y.to(x.dtype)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// x · deq(W)ᵀ recorded by autograd with a freshly dequantized weight (not the shared scratch), which linear keeps
+    /// for the input gradient until backward; no weight gradient (deq(W) does not require grad).
+    /// </summary>
+    Tensor SavedWeightProduct(Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor w;
+        using (torch.no_grad())
+        {
+            w = torch.empty(OutFeatures, InFeatures, ScalarType.Float32);
+            _kernels.Dequantize(_weights, w);
+            if (ComputeDtype != ScalarType.Float32) w = w.to(ComputeDtype);
+        }
         var xc = x.dtype == ComputeDtype ? x : x.to(ComputeDtype);
         var y = nn.functional.linear(xc, w);
         return (y.dtype == x.dtype ? y : y.to(x.dtype)).MoveToOuterDisposeScope();
@@ -159,10 +191,22 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
             return layer.Product(x);
         }
 
+        /// <summary>The input gradient this thread's previous backward call returned (see <see cref="backward"/>).</summary>
+        [ThreadStatic] static Tensor? t_returned;
+
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var layer = (FourBitLinear)ctx.get_data("layer");
-            return [layer.TransposedProduct(gradOutput), null!];
+            // TorchSharp hands backward a new native handle per gradient and keeps the returned tensors' handles: both
+            // would otherwise live in the caller's dispose scope until the training step ends, i.e. every quantized
+            // layer's (tokens × out) and (tokens × in) gradients at once. The autograd engine holds its own references,
+            // so release ours as soon as they are used: gradOutput here; the gradient returned by the previous call on
+            // this thread (the engine copied it out when that call returned) now.
+            t_returned?.Dispose();
+            var dx = layer.TransposedProduct(gradOutput);
+            gradOutput.Dispose();
+            t_returned = dx;   // also in the caller's scope, which frees the last one (disposing twice is a no-op)
+            return [dx, null!];
         }
     }
 }

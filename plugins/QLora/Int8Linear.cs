@@ -64,6 +64,7 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>, ITrainableQuantizedW
     public Tensor Codes => _codes;
     public Tensor Scale => _scale;
     public long QuantizedBytes => _codes.NumberOfElements + _scale.NumberOfElements * 4;
+    public long QuantizedWeightCount => OutFeatures * InFeatures;
 
     public override Tensor forward(Tensor x)
     {

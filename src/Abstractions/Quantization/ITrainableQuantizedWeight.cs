@@ -21,7 +21,7 @@ namespace Peft.Abstractions.Quantization;
 /// parameters, so full fine-tuning's trainable list never holds them. The dense weight for an HF model folder comes
 /// from <see cref="ILinearLayer.DenseWeight"/> (dequantized).
 /// </summary>
-public interface ITrainableQuantizedWeight : ILinearLayer
+public interface ITrainableQuantizedWeight : ILinearLayer, IQuantizedWeightBytes
 {
     /// <summary>(out, in) float32 parameter that receives ∂L/∂W in <c>.grad</c>; never written in place. Owned by the layer.</summary>
     Parameter GradientProxy { get; }
@@ -35,6 +35,6 @@ public interface ITrainableQuantizedWeight : ILinearLayer
     /// <summary>Replace the quantized weight with stored tensors (copied); a missing key, wrong shape or dtype throws naming it.</summary>
     void LoadQuantizedState(IReadOnlyDictionary<string, Tensor> state);
 
-    /// <summary>Bytes the quantized weight occupies (codes + scales).</summary>
-    long QuantizedBytes { get; }
+    /// <summary>Bytes the quantized weight occupies (codes + scales); the same figure as <see cref="IQuantizedWeightBytes.QuantizedBytes"/>.</summary>
+    new long QuantizedBytes { get; }
 }

@@ -37,7 +37,7 @@ public sealed class GenerateCommand : ICliCommand
           --chat                 the prompt is a user message: format it with the model's chat template
                                  (recognised from tokenizer_config.json: Llama 3 headers or ChatML) plus the
                                  assistant header, and print only the reply (stops at the end-of-turn token)
-          --chat-template NAME   with --chat: llama3 or chatml instead of the recognised template
+          --chat-template NAME   with --chat: llama3, chatml or plain (any tokenizer) instead of the recognised template
           --quantize NAME        quantize the base's decoder projections in memory first (nf4, fp4, int8;
                                  see 'peft plugins'); a folder written by 'peft quantize' loads quantized as it is
           --block-size N         weights per absmax block for nf4/fp4 (default 64)

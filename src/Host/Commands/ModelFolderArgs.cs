@@ -11,9 +11,11 @@ internal static class ModelFolderArgs
 {
     /// <summary>
     /// Open the folder. A quantized folder (config.json with quantization_config) is rebuilt through the quantizer
-    /// plugin that reads it, so it needs <paramref name="catalog"/>.
+    /// plugin that reads it, so it needs <paramref name="catalog"/>. With <paramref name="keepStoredDtype"/> (eval,
+    /// generate: nothing trains) a folder stored entirely in bf16/fp16 keeps its weights in that dtype (half the
+    /// memory of fp32; the layers compute in fp32 either way, so the logits are the same); otherwise weights are fp32.
     /// </summary>
-    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null)
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null, bool keepStoredDtype = false)
     {
         if (!Directory.Exists(dir)) throw new CliException($"{verb}: option '--model': '{dir}' is not a folder");
         var config = LlamaConfig.Load(Path.Combine(dir, HfModelFolder.ConfigFile));
@@ -24,7 +26,8 @@ internal static class ModelFolderArgs
         if (tokenizer.VocabSize > config.VocabSize)
             throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
         LlamaForCausalLM model;
-        if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null) model = HfModelFolder.Load(dir);
+        if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null)
+            model = HfModelFolder.Load(dir, keepStoredDtype && HfModelFolder.StoredDtype(dir) is { } stored ? stored : TorchSharp.torch.ScalarType.Float32);
         else if (catalog is null) throw new CliException($"{verb}: '{dir}' is a quantized model folder; loading it needs the quantizer plugins");
         else model = QuantizedModelFolder.Load(dir, catalog);
         if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
@@ -46,14 +49,14 @@ internal static class ModelFolderArgs
         bool quantizedFolder = Directory.Exists(dir) && QuantizedModelFolder.ReadQuantizationConfig(dir) is not null;
         if (adapterDir is null && quantize is null && !quantizedFolder)
         {
-            var (plain, tok) = Open(verb, dir);
+            var (plain, tok) = Open(verb, dir, keepStoredDtype: true);
             return (plain, tok, null);
         }
         var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, plugins);
         LlamaForCausalLM? model = null;
         try
         {
-            (model, var tokenizer) = Open(verb, dir, catalog);
+            (model, var tokenizer) = Open(verb, dir, catalog, keepStoredDtype: true);
             quantize?.Apply(verb, catalog, model);
             if (adapterDir is not null)
             {

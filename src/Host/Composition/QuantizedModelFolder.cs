@@ -53,6 +53,7 @@ public static class QuantizedModelFolder
         config.OtherKeys.Remove(ConfigKey);   // the model in memory says what it holds; saving decides again
         var model = new LlamaForCausalLM(config, ScalarType.Float32, initialize: false);
         var tensors = ReadAll(dir);
+        var loaded = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             foreach (var slot in model.LinearSlots)
@@ -66,10 +67,11 @@ public static class QuantizedModelFolder
                 model.SetLinear(slot.Name, layer);
                 replaced.Module.Dispose();
                 foreach (var k in own) { tensors[k].Tensor.Dispose(); tensors.Remove(k); }
+                // the quantized layer read its own parameters (a bias: Qwen2's q/k/v, Llama 3 with attention_bias) from its tensors
+                foreach (var (name, _) in layer.Module.named_parameters()) loaded.Add(prefix + name);
             }
 
             var expected = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-            var loaded = new HashSet<string>(StringComparer.Ordinal);
             using (torch.no_grad())
                 foreach (var (name, (file, t)) in tensors)
                 {

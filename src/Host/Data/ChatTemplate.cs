@@ -16,18 +16,22 @@ public sealed record ChatMessage(string Role, string Content);
 ///            generation prompt: &lt;|start_header_id|&gt;assistant&lt;|end_header_id|&gt;\n\n
 ///   chatml   &lt;|im_start|&gt;{role}\n{content}&lt;|im_end|&gt;\n ...           (Qwen2/2.5, SmolLM2)
 ///            generation prompt: &lt;|im_start|&gt;assistant\n
+///   plain    [BOS] {Role}: {content}[EOS] ...                               (any tokenizer: no special-token text)
+///            generation prompt: Assistant:
 /// </code>
-/// The end-of-turn token (&lt;|eot_id|&gt;, &lt;|im_end|&gt;) closes every message; it is what generation stops at.
+/// The end-of-turn token (&lt;|eot_id|&gt;, &lt;|im_end|&gt;; the tokenizer's EOS id for <c>plain</c>) closes every
+/// message; it is what generation stops at. <c>plain</c> is for models whose tokenizer has no chat template and no
+/// chat special tokens (a SentencePiece <c>tokenizer.model</c> such as stories260K's): it is only ever chosen by name.
 /// </summary>
 public sealed class ChatTemplate
 {
-    public const string Llama3 = "llama3", ChatMl = "chatml";
-    public static readonly IReadOnlyList<string> Names = [Llama3, ChatMl];
+    public const string Llama3 = "llama3", ChatMl = "chatml", Plain = "plain";
+    public static readonly IReadOnlyList<string> Names = [Llama3, ChatMl, Plain];
 
     /// <summary>Qwen2.5's template puts this system message first when the conversation has none.</summary>
     const string QwenDefaultSystem = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
-    ChatTemplate(string name, string? bosText, Func<string, string> header, string endOfTurn, string afterTurn, bool trimContent, string? defaultSystem)
+    ChatTemplate(string name, string? bosText, Func<string, string> header, string? endOfTurn, string afterTurn, bool trimContent, string? defaultSystem)
     {
         Name = name;
         BosText = bosText;
@@ -43,8 +47,10 @@ public sealed class ChatTemplate
     public string? BosText { get; }
     /// <summary>The text that opens a message of a role (<c>&lt;|im_start|&gt;user\n</c>).</summary>
     public Func<string, string> Header { get; }
-    /// <summary>The special token that closes a message.</summary>
-    public string EndOfTurn { get; }
+    /// <summary>The special token that closes a message; null: the tokenizer's EOS id (<c>plain</c>).</summary>
+    public string? EndOfTurn { get; }
+    /// <summary>Put the tokenizer's BOS id first (when it adds one): <c>plain</c>, whose text has no BOS token.</summary>
+    bool BosFromTokenizer => Name == Plain;
     /// <summary>Text after the end-of-turn token (ChatML's newline).</summary>
     public string AfterTurn { get; }
     public bool TrimContent { get; }
@@ -58,6 +64,7 @@ public sealed class ChatTemplate
         Llama3 => new(Llama3, "<|begin_of_text|>", role => $"<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>", "", trimContent: true, null),
         ChatMl => new(ChatMl, null, role => $"<|im_start|>{role}\n", "<|im_end|>", "\n", trimContent: false,
                       modelTemplate?.Contains(QwenDefaultSystem, StringComparison.Ordinal) == true ? QwenDefaultSystem : null),
+        Plain => new(Plain, null, role => $"{char.ToUpperInvariant(role[0])}{role[1..]}:", null, "", trimContent: true, null),
         _ => throw new ArgumentException($"unknown chat template '{name}' (known: {string.Join(", ", Names)})"),
     };
 
@@ -118,6 +125,7 @@ public sealed class ChatTemplate
             }
         }
         if (BosText is not null) Add(BosText, false);
+        else if (BosFromTokenizer && tokenizer.PrependsBos) { ids.Add(tokenizer.BosId); labels.Add(TokenizedExample.IgnoreIndex); }
         var all = DefaultSystem is not null && (messages.Count == 0 || messages[0].Role != "system")
             ? messages.Prepend(new ChatMessage("system", DefaultSystem)).ToList() : messages;
         foreach (var m in all)
@@ -125,7 +133,8 @@ public sealed class ChatTemplate
             bool assistant = m.Role == "assistant";
             Add(Header(m.Role), false);
             Add(TrimContent ? m.Content.Trim() : m.Content, assistant);
-            Add(EndOfTurn, assistant);
+            if (EndOfTurn is not null) Add(EndOfTurn, assistant);
+            else { ids.Add(tokenizer.EosId); labels.Add(assistant ? tokenizer.EosId : TokenizedExample.IgnoreIndex); }
             Add(AfterTurn, false);
         }
         if (addGenerationPrompt) Add(GenerationPrompt, false);
@@ -133,5 +142,5 @@ public sealed class ChatTemplate
     }
 
     /// <summary>The end-of-turn token's id (generation stops there).</summary>
-    public int EndOfTurnId(ITextTokenizer tokenizer) => tokenizer.Encode(EndOfTurn).Single();
+    public int EndOfTurnId(ITextTokenizer tokenizer) => EndOfTurn is null ? tokenizer.EosId : tokenizer.Encode(EndOfTurn).Single();
 }

@@ -22,7 +22,10 @@ public sealed class DataOptions : IValidatableOptions
     public string Format { get; set; } = "auto";
 
     /// <summary>Tokens per training sequence (instruction rows are truncated to it, text is packed into it).</summary>
-    /// <summary>For format "chat": the chat template, "auto" (recognised from the model's tokenizer_config.json) or a family name (llama3, chatml).</summary>
+    /// <summary>
+    /// For format "chat": the chat template, "auto" (recognised from the model's tokenizer_config.json) or a name: llama3,
+    /// chatml, or plain ("{Role}: {content}" + the tokenizer's EOS id; for tokenizers without a chat template, e.g. stories260K).
+    /// </summary>
     [ConfigurationKeyName("chat_template")]
     public string ChatTemplate { get; set; } = "auto";
 

@@ -50,7 +50,8 @@ public static class InstructionDataset
     {
         var prompt = tokenizer.Encode(AlpacaPromptTemplate.Format(instruction, input));
         var response = tokenizer.Encode(output);
-        int full = 1 + prompt.Count + response.Count + 1;
+        int bos = tokenizer.PrependsBos ? 1 : 0;   // no BOS for tokenizers without one (Qwen2.5)
+        int full = bos + prompt.Count + response.Count + 1;
         int length = Math.Min(full, seqLen);
         var ids = new int[length];
         var labels = new int[length];
@@ -62,7 +63,7 @@ public static class InstructionDataset
             labels[i] = counted ? id : TokenizedExample.IgnoreIndex;
             i++;
         }
-        Put(tokenizer.BosId, false);
+        if (bos == 1) Put(tokenizer.BosId, false);
         foreach (var t in prompt) Put(t, false);
         foreach (var t in response) Put(t, true);
         Put(tokenizer.EosId, true);

@@ -22,7 +22,7 @@ public static partial class PlainTextDataset
         var stream = new List<int>();
         foreach (var document in documents)
         {
-            stream.Add(tokenizer.BosId);
+            if (tokenizer.PrependsBos) stream.Add(tokenizer.BosId);   // Qwen2.5 has none: documents are separated by EOS only
             stream.AddRange(tokenizer.Encode(document));
             stream.Add(tokenizer.EosId);
         }

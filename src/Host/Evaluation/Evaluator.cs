@@ -39,8 +39,10 @@ public static class Evaluator
         var windows = new List<int[]>();
         foreach (var doc in documents)
         {
-            var ids = new List<int> { tokenizer.BosId };
+            var ids = new List<int>();
+            if (tokenizer.PrependsBos) ids.Add(tokenizer.BosId);   // no BOS (Qwen2.5): the first token is context only, as in HF
             ids.AddRange(tokenizer.Encode(doc));
+            if (ids.Count < 2) continue;                          // nothing to predict
             foreach (var (start, length) in Windows(ids.Count, context))
                 windows.Add(ids.GetRange(start, length).ToArray());
         }

@@ -42,11 +42,16 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
 
     public string Generate(string? prompt, GenerationOptions options, Action<string>? onText = null)
     {
-        var promptIds = new List<int> { tokenizer.BosId };
-        if (!string.IsNullOrEmpty(prompt)) promptIds.AddRange(tokenizer.Encode(prompt));
+        // BOS first when the tokenizer adds one; a tokenizer without BOS (Qwen2.5) starts at the prompt's first token,
+        // and an empty prompt then starts from BosId (config.json's bos_token_id: <|endoftext|> for Qwen2), as HF's generate does.
+        var encoded = string.IsNullOrEmpty(prompt) ? [] : tokenizer.Encode(prompt);
+        bool start = tokenizer.PrependsBos || encoded.Count == 0;
+        var promptIds = new List<int>();
+        if (start) promptIds.Add(tokenizer.BosId);
+        promptIds.AddRange(encoded);
         var decoder = new IncrementalDecoder(tokenizer);
-        foreach (var id in promptIds.Skip(1)) Emit(decoder.Add(id));
-        GeneratedTokens = GenerateIds(promptIds, options, id => Emit(decoder.Add(id))).Count;
+        foreach (var id in promptIds.Skip(start ? 1 : 0)) Emit(decoder.Add(id));
+        GenerateIds(promptIds, options, id => Emit(decoder.Add(id)));   // sets GeneratedTokens
         Emit(decoder.Flush());
         return decoder.Text;
 
@@ -72,6 +77,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
 
         var sampler = new TokenSampler(options.Temperature, options.TopP, options.Seed);
         var generated = new List<int>();
+        GeneratedTokens = 0;
         if (options.MaxNewTokens == 0) return generated;
 
         bool wasTraining = model.Module.training;
@@ -96,6 +102,7 @@ public sealed class TextGenerator(ICausalLanguageModel model, ITextTokenizer tok
         {
             model.Module.train(wasTraining);
         }
+        GeneratedTokens = generated.Count;   // also for generate --chat, which calls GenerateIds directly
         return generated;
     }
 

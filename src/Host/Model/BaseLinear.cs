@@ -43,10 +43,7 @@ public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStora
     /// <summary>x (..., in) -> x W^T + b (..., out), computed in x's dtype.</summary>
     public override Tensor forward(Tensor x)
     {
-        using var scope = torch.NewDisposeScope();
-        var w = weight.dtype == x.dtype ? weight : weight.to(x.dtype);
-        var b = bias is null ? null : bias.dtype == x.dtype ? bias : bias.to(x.dtype);
-        return nn.functional.linear(x, w, b).MoveToOuterDisposeScope();
+        return UpcastLinear.Forward(x, weight, bias);   // a low-precision weight is cast block by block when nothing records
     }
 
     /// <summary>Only when the layer has no bias (then y = x W^T exactly); the chunked loss asks it of the head.</summary>

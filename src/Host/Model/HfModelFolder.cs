@@ -38,7 +38,7 @@ public static class HfModelFolder
             var embeddingInFile = new List<(string File, string Name)>();
             foreach (var (file, listed) in files)
             {
-                var (infos, _, _) = Safetensors.ReadHeader(file);
+                var (infos, _, dataStart) = Safetensors.ReadHeader(file);
                 var wanted = new HashSet<string>(StringComparer.Ordinal);
                 foreach (var info in infos)
                 {
@@ -64,16 +64,10 @@ public static class HfModelFolder
                         if (!infos.Any(i => i.Name == name))
                             throw new PeftFormatException($"{Path.Combine(dir, IndexFile)}: weight_map puts '{name}' in {Path.GetFileName(file)}, which does not contain it");
 
-                var tensors = Safetensors.Load(file, wanted.Contains);
-                try
-                {
-                    using var _ = torch.no_grad();
-                    foreach (var (name, t) in tensors) expected[name].copy_(t);
-                }
-                finally
-                {
-                    foreach (var t in tensors.Values) t.Dispose();
-                }
+                // Tensor by tensor, straight into the parameter (no copy of the shard in memory; see ReadInto).
+                using (var fs = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan))
+                    foreach (var info in infos.Where(i => wanted.Contains(i.Name)))
+                        ReadInto(fs, dataStart, info, expected[info.Name]);
             }
             var missing = expected.Keys.Where(k => !loaded.Contains(k)).ToList();
             if (missing.Count > 0)
@@ -87,6 +81,69 @@ public static class HfModelFolder
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Elements read per chunk: 4M (16 MiB of fp32), so a dtype conversion needs one chunk of scratch, not a tensor's worth.</summary>
+    /// <remarks>Settable by tests (to cross chunk boundaries with small tensors); reading is exact for any value.</remarks>
+    internal static long ChunkElements = 4L << 20;
+
+    /// <summary>
+    /// Read one tensor of the file into <paramref name="target"/> (contiguous CPU, same shape) in chunks: bytes go
+    /// straight into the parameter's storage when the dtypes match, else through one chunk-sized tensor of the stored
+    /// dtype that <c>copy_</c> converts. Peak extra memory is one chunk, whatever the tensor's size (a 128,256 × 4096
+    /// embedding is 1 GiB in bf16).
+    /// </summary>
+    static void ReadInto(FileStream fs, long dataStart, Safetensors.TensorInfo info, Tensor target)
+    {
+        using var _ = torch.no_grad();
+        var stored = Safetensors.ToScalarType(info.DType);
+        long count = info.Shape.Aggregate(1L, (a, b) => a * b);
+        if (count == 0) return;
+        int elementSize = Safetensors.ElementSize(info.DType)!.Value;
+        if (!target.is_contiguous() || target.device_type != DeviceType.CPU)
+            throw new InvalidOperationException($"{info.Name}: parameters are built contiguous on the CPU");
+        fs.Position = dataStart + info.Begin;
+        using var flat = target.view(-1);
+        Tensor? staging = null;
+        try
+        {
+            for (long start = 0; start < count; start += ChunkElements)
+            {
+                long n = Math.Min(ChunkElements, count - start);
+                using var slice = flat.narrow(0, start, n);
+                if (stored == target.dtype)
+                {
+                    fs.ReadExactly(slice.bytes);   // a span over the parameter's own storage
+                    continue;
+                }
+                staging ??= torch.empty(Math.Min(ChunkElements, count), stored);
+                using var part = staging.narrow(0, 0, n);
+                fs.ReadExactly(part.bytes[..checked((int)(n * elementSize))]);
+                slice.copy_(part);
+            }
+        }
+        finally
+        {
+            staging?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The dtype every floating-point tensor of the folder is stored in (F32, BF16 or F16), or null when they differ.
+    /// Loading a bf16 folder in bf16 keeps its frozen weights at 2 bytes each; the layers compute in fp32 either way.
+    /// </summary>
+    public static ScalarType? StoredDtype(string dir)
+    {
+        ScalarType? found = null;
+        foreach (var (file, _) in WeightFiles(dir))
+            foreach (var info in Safetensors.ReadHeader(file).Tensors)
+            {
+                if (info.DType is not ("F32" or "F16" or "BF16")) continue;
+                var t = Safetensors.ToScalarType(info.DType);
+                if (found is { } f && f != t) return null;
+                found = t;
+            }
+        return found;
     }
 
     /// <summary>Old HF checkpoints carry the rotary inverse frequencies; HF ignores them on load.</summary>

@@ -32,10 +32,8 @@ public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer, ID
     /// <summary>h (..., hidden) -> h E^T (..., vocab) in h's dtype.</summary>
     public override Tensor forward(Tensor h)
     {
-        using var scope = torch.NewDisposeScope();
-        var e = _embedding();
-        var w = e.dtype == h.dtype ? (Tensor)e : e.to(h.dtype);
-        return nn.functional.linear(h, w).MoveToOuterDisposeScope();
+        // A bf16 embedding is cast block by block (no fp32 copy of the vocab × hidden table) when nothing records.
+        return UpcastLinear.Forward(h, _embedding(), null);
     }
 
     Tensor IDenseLinear.ComputeWeight(ScalarType dtype)

@@ -8,7 +8,8 @@ namespace Peft.Host.Planning;
 /// The model the planner plans for: its architecture (HF config fields), whether its linears carry biases, and,
 /// for the seed's arithmetic, the nominal size the seed multiplies by (70e9 for "a 70B model").
 /// </summary>
-public sealed record PlanModel(string Name, ModelShape Shape, int HeadDim, bool AttentionBias = false, bool MlpBias = false, double? NominalParameters = null)
+public sealed record PlanModel(string Name, ModelShape Shape, int HeadDim, bool AttentionBias = false, bool MlpBias = false, double? NominalParameters = null,
+                              bool QkvBias = false)
 {
     /// <summary>The linear slots of the model, from the host's Llama layout (the one place that knows it).</summary>
     public IReadOnlyList<LinearSlot> Slots => _slots ??= LlamaLayout.Slots(Shape, HeadDim);
@@ -34,8 +35,12 @@ public sealed record PlanModel(string Name, ModelShape Shape, int HeadDim, bool 
             foreach (var slot in layer)
             {
                 list.Add(new(slot.Name + ".weight", [slot.OutFeatures, slot.InFeatures], layer.Key, slot));
-                bool bias = slot.Kind is LinearKind.AttentionQuery or LinearKind.AttentionKey or LinearKind.AttentionValue or LinearKind.AttentionOutput
-                    ? AttentionBias : MlpBias;
+                bool bias = slot.Kind switch
+                {
+                    LinearKind.AttentionQuery or LinearKind.AttentionKey or LinearKind.AttentionValue => AttentionBias || QkvBias,   // Qwen2: q/k/v only
+                    LinearKind.AttentionOutput => AttentionBias,
+                    _ => MlpBias,
+                };
                 if (bias) list.Add(new(slot.Name + ".bias", [slot.OutFeatures], layer.Key, null));
             }
             list.Add(new($"model.layers.{layer.Key}.input_layernorm.weight", [d], layer.Key, null));
@@ -60,7 +65,7 @@ public sealed record PlanModel(string Name, ModelShape Shape, int HeadDim, bool 
     }
 
     public static PlanModel FromConfig(LlamaConfig config, string name) =>
-        new(name, config.ToShape(), config.HeadDim, config.AttentionBias, config.MlpBias);
+        new(name, config.ToShape(), config.HeadDim, config.AttentionBias, config.MlpBias, QkvBias: config.QkvBias);
 }
 
 /// <summary>One parameter tensor of the model; <see cref="Slot"/> is set for linear weights.</summary>

@@ -34,6 +34,27 @@ public sealed class FourBitLinearTests
         TestTensors.MaxAbsDiff(w, dense.Weight).Should().BeLessThan(0.05 * 4 * 0.16);
     }
 
+    [Theory]
+    [InlineData(3, 5)]     // 15 tokens < 48 inputs: the autograd function (no weight kept)
+    [InlineData(8, 16)]    // 128 tokens ≥ 48 inputs: the freshly dequantized weight kept by autograd
+    public void Both_training_paths_give_the_dense_formula_and_no_weight_gradient(int batch, int seq)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(9);
+        using var dense = TestLinear.Random(48, 40, withBias: true);
+        using var q = Quantize(dense);
+        var w = q.DenseWeight();
+        var x = torch.randn(batch, seq, 48).requires_grad_(true);
+        var y = q.forward(x);
+        TestTensors.MaxAbsDiff(y, torch.nn.functional.linear(x.detach(), w, dense.Bias)).Should().BeLessThan(1e-5);
+        var g = torch.randn(batch, seq, 40);
+        y.backward([g]);
+        TestTensors.MaxAbsDiff(x.grad!, g.matmul(w)).Should().BeLessThan(1e-5, "dL/dx = dL/dy · deq(W)");
+        q.parameters().Should().OnlyContain(p => ReferenceEquals(p.grad, null));
+        // and the packed bytes are untouched by training
+        TestTensors.MaxAbsDiff(q.DenseWeight(), w).Should().Be(0);
+    }
+
     [Fact]
     public void Bf16_compute_is_close_to_fp32_compute_and_returns_the_input_dtype()
     {

@@ -53,7 +53,7 @@ public sealed class ModelFamiliesTests
     };
 
     /// <summary>Write the family's folder with N(0, 0.2) bf16 weights (norms around 1, biases included) and the Llama 3 tokenizer.</summary>
-    static string WriteFolder(string family, int seed = 1)
+    internal static string WriteFolder(string family, int seed = 1)
     {
         var dir = Path.Combine(Directory.CreateTempSubdirectory($"peft-{family}-").FullName, "model");
         Directory.CreateDirectory(dir);
@@ -207,7 +207,7 @@ public sealed class ModelFamiliesTests
         }
     }
 
-    static (int Code, string Out, string Err) Peft(params string[] args)
+    internal static (int Code, string Out, string Err) Peft(params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
@@ -215,7 +215,7 @@ public sealed class ModelFamiliesTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    static double JsonLoss(string stdout) => JsonNode.Parse(stdout.TrimEnd().Split('\n')[^1])!["loss"]!.GetValue<double>();
+    internal static double JsonLoss(string stdout) => JsonNode.Parse(stdout.TrimEnd().Split('\n')[^1])!["loss"]!.GetValue<double>();
 
     [Theory]
     [MemberData(nameof(Families))]
