@@ -84,8 +84,10 @@ public static class HfModelFolder
     }
 
     /// <summary>Elements read per chunk: 4M (16 MiB of fp32), so a dtype conversion needs one chunk of scratch, not a tensor's worth.</summary>
-    /// <remarks>Settable by tests (to cross chunk boundaries with small tensors); reading is exact for any value.</remarks>
-    internal static long ChunkElements = 4L << 20;
+    /// <remarks>Settable by tests on their own thread (to cross chunk boundaries with small tensors; 0: the default), so a
+    /// test never changes the chunk of a load running beside it; reading is exact for any value.</remarks>
+    [ThreadStatic] internal static long ChunkElements;
+    const long DefaultChunkElements = 4L << 20;
 
     /// <summary>
     /// Read one tensor of the file into <paramref name="target"/> (contiguous CPU, same shape) in chunks: bytes go
@@ -102,21 +104,22 @@ public static class HfModelFolder
         int elementSize = Safetensors.ElementSize(info.DType)!.Value;
         if (!target.is_contiguous() || target.device_type != DeviceType.CPU)
             throw new InvalidOperationException($"{info.Name}: parameters are built contiguous on the CPU");
+        long chunk = ChunkElements > 0 ? ChunkElements : DefaultChunkElements;
         fs.Position = dataStart + info.Begin;
         using var flat = target.view(-1);
         Tensor? staging = null;
         try
         {
-            for (long start = 0; start < count; start += ChunkElements)
+            for (long start = 0; start < count; start += chunk)
             {
-                long n = Math.Min(ChunkElements, count - start);
+                long n = Math.Min(chunk, count - start);
                 using var slice = flat.narrow(0, start, n);
                 if (stored == target.dtype)
                 {
                     fs.ReadExactly(slice.bytes);   // a span over the parameter's own storage
                     continue;
                 }
-                staging ??= torch.empty(Math.Min(ChunkElements, count), stored);
+                staging ??= torch.empty(Math.Min(chunk, count), stored);
                 using var part = staging.narrow(0, 0, n);
                 fs.ReadExactly(part.bytes[..checked((int)(n * elementSize))]);
                 slice.copy_(part);
