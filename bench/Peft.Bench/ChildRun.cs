@@ -21,10 +21,18 @@ public static class ChildRun
         try
         {
             using var setup = ComposedWorkload.Create(variant, o, outputDir);
-            var (options, model, composed, optimizer) = (setup.Options, setup.Model, setup.Composed, setup.Composed.Optimizer);
+            var (options, model, composed) = (setup.Options, setup.Model, setup.Composed);
             int examples = o.BatchSize * Math.Max(4, o.WarmupSteps + o.Steps);
             var data = Workload.RandomTokens(examples, o.SeqLen, model.Config.VocabSize, o.Seed);
 
+            using var parallel = variant.Ranks > 1 ? Peft.Host.Distributed.DistributedLaunch.FromEnvironment(new Peft.Host.Distributed.DistributedOptions())
+                                                   : Peft.Host.Distributed.DataParallelism.Single;
+            // distributed:zero = 1: each rank's AdamW over its half of the parameters (as peft train builds it)
+            using var sharded = parallel.Enabled && variant.MethodSection.TryGetValue("distributed:zero", out var zero) && zero == "1"
+                ? new Peft.Host.Distributed.ZeroShardedOptimizer(composed.TrainableParameters, parallel.Communicator,
+                    shard => new Peft.Host.Optimization.AdamWOptimizer(shard, options.ToOptimizerSettings()))
+                : null;
+            Peft.Abstractions.Optimization.IPeftOptimizer optimizer = sharded ?? composed.Optimizer;
             var progress = new StepClock();
             long rssBefore = ProcessMemory.CurrentRssBytes();
             // The model was prepared (base dtype, activation checkpointing) by the composer in ComposedWorkload.
@@ -40,6 +48,7 @@ public static class ChildRun
                 Output = new NoOutput(),
                 Progress = progress,
                 WriteLossCurve = false,
+                Parallel = parallel,
             });
             long peak = ProcessMemory.PeakRssBytes();
 
@@ -75,6 +84,8 @@ public static class ChildRun
                 FirstLoss = result.Steps[0].Loss,
                 LastLoss = result.Steps[^1].Loss,
                 StoredWeightBytes = StoredWeightBytes(model),
+                Ranks = parallel.WorldSize,
+                CommunicationShare = parallel.Enabled ? Math.Round(parallel.CommunicationSeconds / ends[^1], 4) : null,
                 PeakGradientBytes = optimizer is Peft.Abstractions.Optimization.IBackwardStepOptimizer b ? b.PeakGradientBytes : null,
             };
         }

@@ -48,6 +48,12 @@ public sealed record Measurement
     [JsonPropertyName("stored_weight_bytes")] public long? StoredWeightBytes { get; init; }
 
     /// <summary>Most gradient bytes alive at once, measured by optimizers that report it (GaLore); null otherwise.</summary>
+    /// <summary>MPI ranks of a data-parallel variant (1 otherwise).</summary>
+    [JsonPropertyName("ranks")] public int Ranks { get; init; } = 1;
+
+    /// <summary>Data-parallel variants: rank 0's seconds inside collectives (gradient all-reduce, loss sum) / its training seconds.</summary>
+    [JsonPropertyName("communication_share")] public double? CommunicationShare { get; init; }
+
     [JsonPropertyName("peak_gradient_bytes")] public long? PeakGradientBytes { get; init; }
 
     public string ToLine() => Prefix + JsonSerializer.Serialize(this);

@@ -49,7 +49,8 @@ if (options.One is { } one)
     {
         var m = one.HandWritten ? (options.Breakdown ? new Measurement { Variant = one.Name, Skipped = "no breakdown of the hand-written step" } : PlainStep.Measure(one, options))
             : options.Breakdown ? PhaseBreakdown.Measure(one, options) : ChildRun.Measure(one, options);
-        Console.WriteLine(m.ToLine());
+        if (Environment.GetEnvironmentVariable(Peft.Host.Distributed.DistributedLaunch.RankVariable) is null or "0")   // one line per job: rank 0's
+            Console.WriteLine(m.ToLine());
         return 0;
     }
     catch (Exception e)
@@ -148,9 +149,23 @@ static class Parent
         };
         var self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find this executable's path");
         start.FileName = self;
+        if (variant.Ranks > 1)
+        {
+            // data parallel: MPICH's mpiexec starts the ranks; each gets threads/ranks LibTorch threads (same cores in all)
+            start.FileName = "mpiexec.mpich";
+            start.ArgumentList.Add("-n");
+            start.ArgumentList.Add(variant.Ranks.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            start.ArgumentList.Add(self);
+        }
         if (Path.GetFileNameWithoutExtension(self) == "dotnet") // started as `dotnet Peft.Bench.dll`
             start.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
-        foreach (var a in o.ChildArguments(variant, breakdown)) start.ArgumentList.Add(a);
+        var childArgs = o.ChildArguments(variant, breakdown).ToList();
+        if (variant.Ranks > 1)
+        {
+            int t = childArgs.IndexOf("--threads") + 1;
+            childArgs[t] = Math.Max(1, o.Threads / variant.Ranks).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+        foreach (var a in childArgs) start.ArgumentList.Add(a);
 
         using var child = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {self}");
         var stderr = child.StandardError.ReadToEndAsync();

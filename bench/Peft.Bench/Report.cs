@@ -54,6 +54,11 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         ? (speed >= TargetSpeedup ? "met" : "not met") + (v.Name == "lora" ? string.Create(Inv, $"; growth ≤ {TargetGrowth}×: {(growth <= TargetGrowth ? "met" : "not met")}") : "")
         : string.Create(Inv, $"step time {1 / speed:0.00}× (≤ 1.2×: {(1 / speed <= 1.2 ? "met" : "not met")}), peak {peak:0.00}× (≤ 1.1×: {(peak <= 1.1 ? "met" : "not met")})");
 
+    /// <summary>Data parallelism (issue 16): N ranks × threads/N against 1 process × threads, tokens/s ≥ 0.9×; and rank 0's share of time in communication.</summary>
+    string DataParallelText(Variant v, double speed) =>
+        string.Create(Inv, $"tokens/s {speed:0.00}× of 1 process (≥ 0.9×: {(speed >= 0.9 ? "met" : "not met")}); communication {100 * Median(Of(v).Select(m => m.CommunicationShare ?? double.NaN)):0.0}% of rank 0's step time")
+        ;
+
     static double Growth(Measurement m) => m.PeakRssBytes - m.RssBeforeTrainingBytes;
 
     public string Table()
@@ -89,7 +94,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                 var (speed, peak, growth, paired) = c!.Value;
                 sb.AppendLine(string.Create(Inv,
                     $"| {v.Name} / {v.Baseline!.Name} | {speed:0.000}× | {string.Join(", ", paired.Select(p => p.ToString("0.00", Inv)))} | " +
-                    $"{peak:0.00}× | {growth:0.00}× | {TargetText(v, speed, peak, growth)} |"));
+                    $"{peak:0.00}× | {growth:0.00}× | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth))} |"));
             }
         }
         var anchors = variants.Select(v => (v, twin: v.HandWrittenTwin)).Where(x => x.twin is not null && variants.Contains(x.twin))

@@ -5,7 +5,7 @@ namespace Peft.Bench;
 /// whether <c>training:activation_checkpointing</c> is on. To add a variant, add a line to <see cref="All"/>.
 /// </summary>
 public sealed record Variant(string Name, string Description, IReadOnlyDictionary<string, string?> MethodSection, bool ActivationCheckpointing,
-    string? BaselineName = null, bool HandWritten = false)
+    string? BaselineName = null, bool HandWritten = false, int Ranks = 1)
 {
     /// <summary>LoRA as the issue asks: r = 16, alpha = 32, no dropout, on the attention projections.</summary>
     static readonly Dictionary<string, string?> Lora = new()
@@ -73,9 +73,15 @@ public sealed record Variant(string Name, string Description, IReadOnlyDictionar
         new("lisa-k1", "LISA k=1 of 6 layers, interval 4 (embedding/head and final norm always train)", Lisa(1), false),
         new("lisa-k2", "LISA k=2 of 6 layers, interval 4", Lisa(2), false),
         new("lisa-all", "LISA k=6 (all layers), interval 4", Lisa(6), false),
+        new("full-bf16", "full fine-tuning, training:precision bf16-mixed (fp32 master + bf16 model copy)", new Dictionary<string, string?>(Full) { ["training:precision"] = "bf16-mixed" }, false, "full"),
+        new("full-fp16", "full fine-tuning, training:precision fp16-mixed (dynamic loss scaling)", new Dictionary<string, string?>(Full) { ["training:precision"] = "fp16-mixed" }, false, "full"),
+        new("lora-bf16", "LoRA r=16, training:precision bf16-mixed", new Dictionary<string, string?>(Lora) { ["training:precision"] = "bf16-mixed" }, false, "lora"),
         // The same-engine anchor: the step written by hand on TorchSharp (PlainStep), no framework code at all.
         new("plain-full", "hand-written TorchSharp step, full fine-tuning (torch.optim.AdamW, cross_entropy on full logits)", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),
         new("plain-lora", "hand-written TorchSharp step, LoRA r=16, alpha=32 on q,k,v,o", new Dictionary<string, string?> { ["method:name"] = "plain" }, false, HandWritten: true),
+        new("full-dp2", "full fine-tuning on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with full", Full, false, "full", Ranks: 2),
+        new("lora-dp2", "LoRA on 2 MPI ranks x threads/2 (data parallel, global batch split), compared with lora", Lora, false, "lora", Ranks: 2),
+        new("full-dp2-zero1", "full-dp2 with ZeRO-1 (each rank holds and updates half the AdamW state), compared with full", new Dictionary<string, string?>(Full) { ["distributed:zero"] = "1" }, false, "full", Ranks: 2),
     ];
 
     /// <summary>What runs without --variants (the LoRA vs full fine-tuning set; DoRA is asked for by name).</summary>

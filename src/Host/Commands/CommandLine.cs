@@ -19,6 +19,8 @@ public static class CommandLine
         new PlanCommand(),
         new RecommendCommand(),
         new QuantizeCommand(),
+        new CompareCommand(),
+        new AnalyzeCommand(),
     };
 
     public static int Run(string[] argv, CliContext context)

@@ -2,6 +2,7 @@ using Peft.Host.Cli;
 using Peft.Host.Composition;
 using Peft.Host.Configuration;
 using Peft.Host.Data;
+using Peft.Host.Distributed;
 using Peft.Host.Import;
 using Peft.Host.Model;
 using Peft.Host.Plugins;
@@ -49,6 +50,22 @@ public sealed class TrainCommand : ICliCommand
     public int Run(CommandArgs args, CliContext context)
     {
         var root = HostConfiguration.Load(args);
+        // under MPICH's mpiexec -n N (N > 1) this process is one rank of a data-parallel run (docs/distributed.md)
+        var distributed = DistributedOptions.From(root);
+        using var parallel = DistributedLaunch.FromEnvironment(distributed);
+        if (!parallel.Enabled) return Run(args, context, root, parallel, distributed);
+        try { return Run(args, context, root, parallel, distributed); }
+        catch (Exception e)
+        {
+            // one rank failing must not leave the others waiting in a collective: end the whole job
+            bool known = e is CliException or Formats.PeftFormatException or Abstractions.PeftConfigurationException or Abstractions.PeftDataException or PluginLoadException or TrainingException;
+            DistributedLaunch.AbortJob(parallel, context.Error, known ? $"error: {e.Message}" : e.ToString(), known ? 2 : 1);
+            throw;
+        }
+    }
+
+    int Run(CommandArgs args, CliContext context, Microsoft.Extensions.Configuration.IConfiguration root, DataParallelism parallel, DistributedOptions distributed)
+    {
         var resume = args.Optional("--resume");
         var overwrite = args.Flag("--overwrite");
         args.ThrowOnUnused();
@@ -65,23 +82,34 @@ public sealed class TrainCommand : ICliCommand
         var plan = PeftComposer.Plan(catalog, root);
 
         var modelDir = modelOptions.Path!;
-        // before any work: one run per output folder, and what the folder already holds (see RunFolderPreflight)
-        using var runLock = RunLock.Acquire(outputDir);
-        if (runLock.StaleNote is not null) context.Error.WriteLine(runLock.StaleNote);
-        var decision = RunFolderPreflight.Check(root, cfg.Training, outputDir, modelDir, overwrite);
-        if (decision.CompleteMessage is not null)
+        parallel.CheckBatchSize(cfg.Training.BatchSize);
+        // before any work: one run per output folder, and what the folder already holds (see RunFolderPreflight);
+        // with several ranks rank 0 decides (and imports) and tells the others
+        using var runLock = parallel.IsWriter ? RunLock.Acquire(outputDir) : null;
+        if (runLock?.StaleNote is not null) context.Error.WriteLine(runLock.StaleNote);
+        string? complete = null;
+        if (parallel.IsWriter)
         {
-            context.Out.WriteLine(decision.CompleteMessage);
+            complete = RunFolderPreflight.Check(root, cfg.Training, outputDir, modelDir, overwrite).CompleteMessage;
+            if (complete is null && !Directory.Exists(modelDir))
+            {
+                var import = modelOptions.ImportLlama2c!;
+                context.Out.WriteLine($"importing {import.Checkpoint} into {modelDir}");
+                Llama2cImporter.Import(import.Checkpoint!, import.Tokenizer!, modelDir);
+            }
+        }
+        if (parallel.AnyRank(complete is not null)) complete ??= "the run is already complete (rank 0)";
+        if (complete is not null)
+        {
+            if (parallel.IsWriter) context.Out.WriteLine(complete);
             return 0;
         }
         using var signals = new StopSignals();
-
-        if (!Directory.Exists(modelDir))
-        {
-            var import = modelOptions.ImportLlama2c!;
-            context.Out.WriteLine($"importing {import.Checkpoint} into {modelDir}");
-            Llama2cImporter.Import(import.Checkpoint!, import.Tokenizer!, modelDir);
-        }
+        using var rankLog = parallel.IsWriter ? null : DistributedLaunch.RankLog(outputDir, parallel.Rank);
+        var log = rankLog ?? context.Out;
+        if (parallel.Enabled)
+            log.WriteLine($"rank {parallel.Rank} of {parallel.WorldSize} (pid {Environment.ProcessId}, {parallel.Communicator.Transport}): global batch {cfg.Training.BatchSize}, {cfg.Training.BatchSize / parallel.WorldSize} examples per rank" +
+                          (distributed.Zero == 1 ? ", ZeRO-1 optimizer-state sharding" : ""));
 
         var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir, catalog);
         using (model)
@@ -89,21 +117,24 @@ public sealed class TrainCommand : ICliCommand
             // The seed fixes the adapter's initialisation as well as dropout and data order.
             torch.manual_seed(cfg.Training.Seed);
             var composed = PeftComposer.Compose(plan, model, root, cfg.Training.ToOptimizerSettings());
-            using var optimizer = composed.Optimizer;
+            var optimizerSection = plan.OptimizerSelection?.Section ?? root.GetSection("optimizer");
+            using var optimizer = DistributedLaunch.Optimizer(parallel, distributed, composed.Optimizer, plan.OptimizerStrategy, optimizerSection,
+                plan.Quantizer is not null && plan.Method is null && plan.OptimizerStrategy.TrainsQuantizedWeights, composed.TrainableParameters,
+                shard => plan.OptimizerStrategy.Create(model, shard, cfg.Training.ToOptimizerSettings(), optimizerSection));
             var data = TrainingDataSet.Load(cfg.Data, tokenizer, cfg.Training.Seed);
             var (output, outputs) = TrainedBaseOutput.For(composed, model, modelDir, cfg.Output.MergeAdapter);
 
-            context.Out.WriteLine($"method {composed.MethodName}" +
+            log.WriteLine($"method {composed.MethodName}" +
                                   (composed.QuantizerName is null ? "" : $" on a {composed.QuantizerName} base") +
                                   (composed.Hooks.Count == 0 ? "" : $" with hooks {string.Join(", ", composed.Hooks.Select(h => h.GetType().Name))}"));
 
             EvalRecord? baseline = null;
-            if (cfg.Training.Resume is null && data.Validation.Count > 0)
+            if (cfg.Training.Resume is null && data.Validation.Count > 0 && parallel.IsWriter)
             {
                 // The baseline the run's eval losses are compared with.
                 var (before, tokens) = Trainer.Evaluate(model, data.Validation, cfg.Training.BatchSize, cfg.Training.EvalBatches, data.PadId);
                 baseline = new EvalRecord(0, before, tokens);
-                context.Out.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"step 0: eval loss {before:0.0000} over {tokens} tokens (before training)"));
+                log.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"step 0: eval loss {before:0.0000} over {tokens} tokens (before training)"));
             }
 
             {
@@ -118,10 +149,15 @@ public sealed class TrainCommand : ICliCommand
                     OutputDirectory = outputDir,
                     Output = output,
                     BaselineEvaluation = baseline,
-                    Progress = ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
+                    Progress = rankLog is not null ? new PlainTrainingProgress(rankLog)
+                             : ReferenceEquals(context.Out, Console.Out) ? TrainingProgress.ForConsole() : new PlainTrainingProgress(context.Out),
+                    Parallel = parallel,
                 }, signals.Token);
                 if (!result.Interrupted)
-                    context.Out.WriteLine($"{outputs} in {outputDir}");
+                    log.WriteLine($"{outputs} in {outputDir}");
+                if (parallel.Enabled)
+                    log.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"rank {parallel.Rank}: optimizer state held {optimizer.StateBytes} bytes; {parallel.CommunicationSeconds:0.000} s in communication over {result.Steps.Count} steps"));
                 if (result.Interrupted) context.Error.WriteLine($"peft train: stopped by {signals.SignalName} after step {result.FinalStep}; exit code {signals.ExitCode}");
                 return result.Interrupted ? signals.ExitCode : 0;
             }

@@ -33,6 +33,34 @@ public static class LossCurvePlot
         return true;
     }
 
+    /// <summary>
+    /// Several named curves in one PNG (e.g. every method's held-out loss in <c>peft compare</c>), written atomically.
+    /// Nothing is written when no curve has a finite point.
+    /// </summary>
+    public static bool WriteSeries(string path, IReadOnlyList<(string Label, IReadOnlyList<(int Step, double Loss)> Points)> series, string title, string yLabel = "held-out loss")
+    {
+        var plot = new ScottPlot.Plot();
+        int drawn = 0;
+        foreach (var (label, points) in series)
+        {
+            var finite = points.Where(p => double.IsFinite(p.Loss)).ToList();
+            if (finite.Count == 0) continue;
+            var line = plot.Add.ScatterLine(finite.Select(p => (double)p.Step).ToArray(), finite.Select(p => p.Loss).ToArray());
+            line.LegendText = label;
+            line.MarkerSize = 5;
+            if (drawn >= 10) line.LinePattern = ScottPlot.LinePattern.Dashed; // the palette repeats after 10 colours
+            drawn++;
+        }
+        if (drawn == 0) return false;
+        plot.Title(title);
+        plot.XLabel("optimizer step");
+        plot.YLabel(yLabel);
+        plot.ShowLegend(ScottPlot.Edge.Right); // beside the plot: the curves end where a legend inside would sit
+        var png = plot.GetImageBytes(1000, 560, ScottPlot.ImageFormat.Png);
+        AtomicFile.Write(path, fs => fs.Write(png));
+        return true;
+    }
+
     /// <summary>Named (x, y) series as lines with markers on one plot, written atomically (the bench's scaling plots).</summary>
     public static void WriteSeries(string path, string title, string xLabel, string yLabel, IReadOnlyList<(string Name, IReadOnlyList<(double X, double Y)> Points)> series)
     {

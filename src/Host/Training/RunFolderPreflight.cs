@@ -24,7 +24,7 @@ public static class RunFolderPreflight
 {
     /// <summary>The entries of an output folder that <c>peft train</c> writes (and so may remove with <c>--overwrite</c>).</summary>
     public static readonly IReadOnlyList<string> RunEntries =
-        [CheckpointStore.Folder, "adapter", "model", MetricsLog.FileName, "training_summary.json", LossCurvePlot.FileName];
+        [CheckpointStore.Folder, "adapter", "model", MetricsLog.FileName, "training_summary.json", LossCurvePlot.FileName, "logs"];
 
     /// <summary>The decision: go on (fresh or resumed), or stop with exit 0 because the run is already complete.</summary>
     public sealed record Decision(string? CompleteMessage, string? ResumeFrom);

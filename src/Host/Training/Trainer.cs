@@ -44,6 +44,8 @@ public static class Trainer
             throw new PeftConfigurationException("data:seq_len", longest.ToString(CultureInfo.InvariantCulture),
                 $"sequences of {longest} tokens are longer than the model's max_position_embeddings ({model.Shape.MaxPositionEmbeddings})");
         Directory.CreateDirectory(run.OutputDirectory);
+        var parallel = run.Parallel;   // data parallelism: see Distributed.DataParallelism (a single process: no-ops)
+        parallel.CheckBatchSize(o.BatchSize);
 
         int microPerEpoch = (run.Data.Train.Count + o.BatchSize - 1) / o.BatchSize;
         int totalSteps = o.MaxSteps > 0
@@ -70,15 +72,15 @@ public static class Trainer
         }
         int startStep = step;
 
-        var metrics = new MetricsLog(run.OutputDirectory, startStep);
+        var metrics = parallel.IsWriter ? new MetricsLog(run.OutputDirectory, startStep) : null;
         if (startStep == 0 && run.BaselineEvaluation is { } baseline)
-            metrics.LogEval(0, baseline.Loss, baseline.CountedTokens, 0);
+            metrics?.LogEval(0, baseline.Loss, baseline.CountedTokens, 0);
         var sampler = new EpochSampler(run.Data.Train.Count, o.BatchSize, o.Seed, run.Data.ShuffleTrain, position);
         var context = new TrainingContext
         {
             Model = model, Optimizer = run.Optimizer, TrainableParameters = trainable,
             TotalSteps = totalSteps, Seed = o.Seed, Step = step,
-            Record = fields => metrics.LogEvent(step + 1, fields),
+            Record = fields => metrics?.LogEvent(step + 1, fields),
         };
         var trainableTensors = trainable.Select(p => p.Parameter).ToList();
         var steps = new List<StepRecord>();
@@ -88,6 +90,7 @@ public static class Trainer
         bool interrupted = false;
         int lastCheckpoint = startStep;
         var summary = TrainingSummary.Measure(model, trainable, run.Optimizer);
+        using var precision = MixedPrecision.For(o, trainable, run.Optimizer); // training:precision (fp32: does nothing)
 
         run.Progress.Run(startStep, totalSteps, sink =>
         {
@@ -107,7 +110,7 @@ public static class Trainer
             (double Loss, int FromStep, int ToStep)? lastLogged = null;
             while (step < totalSteps)
             {
-                if (cancellation.IsCancellationRequested) { interrupted = true; break; }
+                if (parallel.AnyRank(cancellation.IsCancellationRequested)) { interrupted = true; break; }
                 var stepClock = Stopwatch.StartNew();
                 context.Step = step;
                 foreach (var hook in run.Hooks) hook.OnStepStart(context);
@@ -115,32 +118,42 @@ public static class Trainer
                 if (run.Optimizer is Abstractions.Optimization.IBackwardStepOptimizer layerwise)
                     layerwise.BeginStep(new Abstractions.Optimization.BackwardStepInfo(lr, o.GradientAccumulationSteps, o.MaxGradNorm));
 
+                // this rank's part of each global micro-batch; token counts are the global batch's
                 var micro = new List<CollatedBatch>(o.GradientAccumulationSteps);
+                int countedTokens = 0, realTokens = 0;
                 for (int a = 0; a < o.GradientAccumulationSteps; a++)
-                    micro.Add(BatchCollator.Collate(sampler.NextBatch().Select(i => run.Data.Train[i]).ToList(), run.Data.PadId));
-                int countedTokens = micro.Sum(m => m.CountedTokens);
+                {
+                    var (local, counted, real) = parallel.Split(sampler.NextBatch(), run.Data.Train, run.Data.PadId);
+                    if (local is not null) micro.Add(local);
+                    countedTokens += counted;
+                    realTokens += real;
+                }
                 double lossSum = 0;
                 lastStepActivations = null; // the last step's (the first one's include one-time allocations)
+                precision.BeginStep();
                 foreach (var batch in micro)
                 {
-                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations);
+                    lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations, precision.LossScale);
                     if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
                 }
+                parallel.SumGradients(trainableTensors);   // Σ over ranks, bucketed (before unscaling, clipping and the step)
+                lossSum = parallel.Sum(lossSum);
+                bool applied = precision.EndBackward(); // false: fp16 overflow, the step is skipped
                 peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
                 double loss = lossSum / countedTokens;
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
 
-                double gradNorm = GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm);
+                double gradNorm = applied ? GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm) : 0;
                 if (!double.IsFinite(gradNorm))
                     throw new TrainingException($"the gradient norm is {gradNorm.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged");
-                run.Optimizer.Step(lr);
+                if (applied) run.Optimizer.Step(lr);
+                else metrics?.LogEvent(step + 1, new System.Text.Json.Nodes.JsonObject { ["precision"] = precision.Mode, ["skipped"] = true, ["loss_scale"] = precision.LossScale });
                 run.Optimizer.ZeroGrad();
                 foreach (var hook in run.Hooks) hook.OnStepEnd(context);
                 step++;
 
                 double seconds = stepClock.Elapsed.TotalSeconds;
-                int realTokens = micro.Sum(m => m.RealTokens);
                 steps.Add(new StepRecord(step, loss, lr, gradNorm, countedTokens));
                 windowLoss += loss; windowGradNorm += gradNorm; windowSeconds += seconds; windowTokens += realTokens; windowSteps++;
                 bool logStep = step % o.LogEvery == 0 || step == totalSteps;
@@ -148,19 +161,19 @@ public static class Trainer
                 if (logStep)
                 {
                     double epoch = (double)step * o.GradientAccumulationSteps / microPerEpoch;
-                    metrics.LogTrain(step, windowLoss / windowSteps, lr, windowGradNorm / windowSteps, tokensPerSecond, Elapsed(), epoch);
+                    metrics?.LogTrain(step, windowLoss / windowSteps, lr, windowGradNorm / windowSteps, tokensPerSecond, Elapsed(), epoch);
                 }
                 sink.OnStep(new StepReport(step, totalSteps, startStep, logStep ? windowLoss / windowSteps : loss, lr,
                     logStep ? windowGradNorm / windowSteps : gradNorm, tokensPerSecond, clock.Elapsed, logStep));
                 if (logStep) lastLogged = (windowLoss / windowSteps, step - windowSteps + 1, step);
                 if (logStep) { windowLoss = 0; windowGradNorm = 0; windowSeconds = 0; windowTokens = 0; windowSteps = 0; }
 
-                bool evalStep = run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
+                bool evalStep = parallel.IsWriter && run.Data.Validation.Count > 0 && ((o.EvalEvery > 0 && step % o.EvalEvery == 0) || step == totalSteps);
                 if (evalStep)
                 {
                     var (evalLoss, evalTokens) = Evaluate(model, run.Data.Validation, o.BatchSize, o.EvalBatches, run.Data.PadId, o.LossChunkTokens);
                     evaluations.Add(new EvalRecord(step, evalLoss, evalTokens));
-                    metrics.LogEval(step, evalLoss, evalTokens, Elapsed());
+                    metrics!.LogEval(step, evalLoss, evalTokens, Elapsed());
                     sink.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {step}: eval loss {evalLoss:0.0000} over {evalTokens} tokens"));
                 }
 
@@ -168,7 +181,7 @@ public static class Trainer
                 {
                     SaveCheckpoint(run, step, totalSteps, sampler.Position, loss, Elapsed());
                     lastCheckpoint = step;
-                    sink.WriteLine($"step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
+                    if (parallel.IsWriter) sink.WriteLine($"step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
                 }
             }
 
@@ -176,10 +189,10 @@ public static class Trainer
             if (interrupted && step > lastCheckpoint)
             {
                 SaveCheckpoint(run, step, totalSteps, sampler.Position, steps.Count > 0 ? steps[^1].Loss : null, Elapsed());
-                sink.WriteLine($"stopped at step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
+                if (parallel.IsWriter) sink.WriteLine($"stopped at step {step}: checkpoint {CheckpointStore.PathOf(run.OutputDirectory, step)}");
             }
 
-            if (!interrupted) run.Output.WriteFinal(run.OutputDirectory);
+            if (!interrupted && parallel.IsWriter) run.Output.WriteFinal(run.OutputDirectory);
             summary = TrainingSummary.Measure(model, trainable, run.Optimizer) with
             {
                 TrainExamples = run.Data.Train.Count,
@@ -197,13 +210,15 @@ public static class Trainer
             };
             sink.WriteLine(summary.Describe());
             sink.WriteLine(summary.HeldMemory!.Describe());
+            if (precision.Active) sink.WriteLine(precision.Describe());
             var finalLoss = summary.FinalLoss is { } fl && summary.FinalLossSteps is [var from, var to]
                 ? string.Create(CultureInfo.InvariantCulture, $" (final loss {fl:0.0000}, mean of steps {from}-{to})") : "";
             sink.WriteLine(interrupted ? $"interrupted after step {step}{finalLoss}; continue with training:resume = latest" : $"done: {step} steps{finalLoss}, result in {run.OutputDirectory}");
         });
 
-        AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
-        if (run.WriteLossCurve)
+        if (parallel.IsWriter)
+            AtomicFile.WriteText(Path.Combine(run.OutputDirectory, "training_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+        if (run.WriteLossCurve && metrics is not null)
         {
             var (trainCurve, evalCurve) = MetricsLog.ReadCurves(metrics.Path);
             LossCurvePlot.Write(Path.Combine(run.OutputDirectory, LossCurvePlot.FileName), trainCurve, evalCurve);
@@ -217,7 +232,7 @@ public static class Trainer
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
     /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
-    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations)
+    static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations, double lossScale = 1)
     {
         using var scope = torch.NewDisposeScope();
         var (inputIds, labels) = batch.ToTensors(model.Device);
@@ -226,7 +241,7 @@ public static class Trainer
         activations = heapBefore is { } hb && ProcessMemory.HeapInUse() is { } ha ? ha - hb : null;
         if (!sum.requires_grad)
             throw new TrainingException($"no parameter requires grad at step {stepNumber}: the method or a hook froze every trainable parameter");
-        var scaled = sum / stepTokens;
+        var scaled = lossScale == 1 ? sum / stepTokens : sum * (lossScale / stepTokens);
         scaled.backward();
         return sum.item<float>();
     }
@@ -262,6 +277,9 @@ public static class Trainer
 
     static void SaveCheckpoint(TrainingRun run, int step, int totalSteps, DataPosition position, double? loss, double elapsedSeconds)
     {
+        // the whole optimizer state on rank 0 (a collective under ZeRO-1); only rank 0 writes
+        var optimizerState = run.Parallel.OptimizerStateForCheckpoint(run.Optimizer);
+        if (optimizerState is null) return;
         var o = run.Options;
         using var scope = torch.NewDisposeScope();
         using var rng = torch.get_rng_state();
@@ -285,7 +303,7 @@ public static class Trainer
             Hooks = HookStates.Save(run.Hooks),
         };
         var trainable = run.TrainableParameters.ToDictionary(p => p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal);
-        CheckpointStore.Write(CheckpointStore.PathOf(run.OutputDirectory, step), state, trainable, run.Optimizer.GetState(), run.Output);
+        CheckpointStore.Write(CheckpointStore.PathOf(run.OutputDirectory, step), state, trainable, optimizerState, run.Output);
         CheckpointStore.Prune(run.OutputDirectory, o.KeepLastCheckpoints);
     }
 

@@ -83,6 +83,15 @@ public sealed class TrainingOptions : IValidatableOptions
     /// <summary>Continue from a checkpoint folder, or "latest" for the newest one under output/checkpoints. Unset = fresh run.</summary>
     [ConfigurationKeyName("resume")] public string? Resume { get; set; }
 
+    /// <summary>fp32 | bf16-mixed | fp16-mixed: fp32 master weights and optimizer state, a low-precision model copy (see <see cref="MixedPrecision"/>).</summary>
+    [ConfigurationKeyName("precision")] public string Precision { get; set; } = MixedPrecision.Fp32;
+
+    /// <summary>fp16-mixed: the initial loss scale (torch GradScaler's 2^16).</summary>
+    [ConfigurationKeyName("loss_scale")] public double LossScale { get; set; } = 65536;
+
+    /// <summary>fp16-mixed: double the loss scale after this many steps in a row without overflow (GradScaler's 2000).</summary>
+    [ConfigurationKeyName("loss_scale_growth_interval")] public int LossScaleGrowthInterval { get; set; } = 2000;
+
     /// <summary>The optimizer hyper-parameters every <see cref="IOptimizerStrategy"/> receives.</summary>
     public OptimizerSettings ToOptimizerSettings() => new(LearningRate, WeightDecay, AdamBeta1, AdamBeta2, AdamEpsilon);
 
@@ -108,6 +117,9 @@ public sealed class TrainingOptions : IValidatableOptions
         if (LossChunkTokens < 0) yield return ("loss_chunk_tokens", LossChunkTokens, "must be a number of tokens per chunk, or 0 for the full logits");
         if (LogEvery < 1) yield return ("log_every", LogEvery, "must be at least 1");
         if (NumThreads < 0 || NumThreads > 1024) yield return ("num_threads", NumThreads, "must be 0 (one per physical core) or a number of threads");
+        if (!MixedPrecision.Modes.Contains(Precision)) yield return ("precision", Precision, $"must be one of {string.Join(", ", MixedPrecision.Modes)}");
+        if (!(LossScale >= 1 && double.IsFinite(LossScale))) yield return ("loss_scale", LossScale, "must be a finite number >= 1");
+        if (LossScaleGrowthInterval < 1) yield return ("loss_scale_growth_interval", LossScaleGrowthInterval, "must be at least 1");
         if (Resume is not null && string.IsNullOrWhiteSpace(Resume)) yield return ("resume", Resume, "must be a checkpoint folder or \"latest\"");
     }
 }

@@ -40,6 +40,9 @@ public sealed class TrainingRun
     /// </summary>
     public EvalRecord? BaselineEvaluation { get; init; }
 
+    /// <summary>The ranks of a data-parallel run (<c>mpiexec -n N peft train</c>); a single process by default.</summary>
+    public Distributed.DataParallelism Parallel { get; init; } = Distributed.DataParallelism.Single;
+
     /// <summary>Draw loss_curve.png at the end (ScottPlot).</summary>
     public bool WriteLossCurve { get; init; } = true;
 }

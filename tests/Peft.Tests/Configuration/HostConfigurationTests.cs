@@ -80,7 +80,7 @@ public sealed class HostConfigurationTests : IDisposable
         var file = Json("""{ "trainng": { "learning_rate": 0.001 } }""");
         var act = () => HostConfiguration.Load(file, Array.Empty<string>(), includeEnvironment: false);
         act.Should().Throw<PeftConfigurationException>().WithMessage(
-            $"configuration key 'trainng': unknown top-level section (set by configuration file '{file}'; known sections: model, data, training, method, quantization, optimizer, hooks, output, plugins)");
+            $"configuration key 'trainng': unknown top-level section (set by configuration file '{file}'; known sections: model, data, training, method, quantization, optimizer, hooks, output, distributed, plugins)");
 
         Env("PEFT_trainng__learning_rate", "1");
         var fromEnv = () => HostConfiguration.Load(null, Array.Empty<string>());
