@@ -51,7 +51,11 @@ public sealed class ComparisonRow
                 if (!string.IsNullOrWhiteSpace(line) && JsonNode.Parse(line) is JsonObject o && o["tokens_per_s"] is JsonValue v && v.TryGetValue<double>(out var r))
                     rates.Add(r);
         var (_, eval) = MetricsLog.ReadCurves(metricsPath);
-        var peak = summary.FirstOrDefault(kv => kv.Key.StartsWith("peak", StringComparison.Ordinal) && kv.Value is JsonValue pv && pv.TryGetValue<long>(out _));
+        // the run's own peak figure: held_memory.peak_process_bytes (issue 13's held-memory report), else a top-level peak* field
+        var held = summary["held_memory"] as JsonObject;
+        var peak = held?["peak_process_bytes"] is JsonValue hp && hp.TryGetValue<long>(out _)
+            ? new KeyValuePair<string, JsonNode?>("held_memory.peak_process_bytes", hp)
+            : summary.FirstOrDefault(kv => kv.Key.StartsWith("peak", StringComparison.Ordinal) && kv.Value is JsonValue pv && pv.TryGetValue<long>(out _));
         return new ComparisonRow
         {
             Method = method,

@@ -231,7 +231,8 @@ public static class Trainer
     }
 
     /// <summary>Forward and backward of one micro-batch; returns its summed loss. Every tensor of the pass is freed on return.
-    /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable).</summary>
+    /// <paramref name="activations"/>: the C-heap bytes the forward pass left alive for backward (null if unreadable);
+    /// <paramref name="lossScale"/>: fp16-mixed's loss scale S (the backward pass sees S · loss).</summary>
     static double ForwardBackward(Model.ICausalLanguageModel model, CollatedBatch batch, int stepTokens, int stepNumber, int lossChunkTokens, out long? activations, double lossScale = 1)
     {
         using var scope = torch.NewDisposeScope();

@@ -34,14 +34,14 @@ public sealed class TrainingRun
 
     public ITrainingProgress Progress { get; init; } = TrainingProgress.Silent;
 
+    /// <summary>The ranks of a data-parallel run (<c>mpiexec -n N peft train</c>); a single process by default.</summary>
+    public Distributed.DataParallelism Parallel { get; init; } = Distributed.DataParallelism.Single;
+
     /// <summary>
     /// The held-out loss before training (the command's "step 0" baseline), when it measured one: logged as the
     /// step-0 evaluation line of metrics.jsonl, so loss_curve.png starts from it.
     /// </summary>
     public EvalRecord? BaselineEvaluation { get; init; }
-
-    /// <summary>The ranks of a data-parallel run (<c>mpiexec -n N peft train</c>); a single process by default.</summary>
-    public Distributed.DataParallelism Parallel { get; init; } = Distributed.DataParallelism.Single;
 
     /// <summary>Draw loss_curve.png at the end (ScottPlot).</summary>
     public bool WriteLossCurve { get; init; } = true;

@@ -56,6 +56,7 @@ public sealed class CompareCommandTests(Stories260KFixture fx)
         double l0 = table["base_held_out_loss"]!.GetValue<double>();
         var step0 = File.ReadLines(Path.Combine(outDir, "logs", "full.log")).Single(l => l.StartsWith("step 0: eval loss"));
         l0.Should().BeApproximately(double.Parse(step0.Split(' ')[4], System.Globalization.CultureInfo.InvariantCulture), 5e-5);
+        l0.Should().Be(rows["full"]["eval_curve"]![0]![1]!.GetValue<double>(), "the full run's step-0 line in metrics.jsonl is the same evaluation");
 
         var fullSummary = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "runs", "full", "training_summary.json")))!;
         double fullLoss = fullSummary["final_eval_loss"]!.GetValue<double>();
@@ -78,7 +79,9 @@ public sealed class CompareCommandTests(Stories260KFixture fx)
             row["improvement"]!.GetValue<double>().Should().BeApproximately(l0 - loss, 1e-12, m);
             row["quality_relative"]!.GetValue<double>().Should().BeApproximately((l0 - loss) / (l0 - fullLoss), 1e-12, m);
             row["peak_rss_bytes"]!.GetValue<long>().Should().BeGreaterThan(10L << 20, "the child's resident set was sampled");
-            row["eval_curve"]!.AsArray().Select(p => p![0]!.GetValue<int>()).Should().Equal(0, 2, 4); // the step-0 baseline, then every eval_every
+            row["eval_curve"]!.AsArray().Select(p => p![0]!.GetValue<int>()).Should().Equal(0, 2, 4);
+            if (summary["held_memory"]?["peak_process_bytes"] is { } peak)
+                row["summary_peak_bytes"]!.GetValue<long>().Should().Be(peak.GetValue<long>(), $"{m}: the run's own peak figure");
         }
         rows["full"]["trainable_parameters"]!.GetValue<long>().Should().BeGreaterThan(rows["dora"]["trainable_parameters"]!.GetValue<long>());
         rows["dora"]["trainable_parameters"]!.GetValue<long>().Should().BeGreaterThan(rows["lora"]["trainable_parameters"]!.GetValue<long>(), "DoRA adds the magnitude vectors");

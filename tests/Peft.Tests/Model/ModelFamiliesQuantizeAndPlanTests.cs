@@ -10,15 +10,20 @@ namespace Peft.Tests.Model;
 /// families' folders (Llama 3 with head_dim/biases, Qwen2 with q/k/v biases and a tied head, Mistral with GQA 4:1),
 /// written by <see cref="ModelFamiliesTests.WriteFolder"/> in bf16 with the Llama 3 tokenizer.
 /// </summary>
-public sealed class ModelFamiliesQuantizeAndPlanTests
+public sealed class ModelFamiliesQuantizeAndPlanTests : IDisposable
 {
+    // Each family folder is about 65 MB (a 128,256-row embedding): a test removes the ones it wrote.
+    readonly List<string> _written = [];
+    string Kept(string modelDir) { _written.Add(Path.GetDirectoryName(modelDir)!); return modelDir; }
+    public void Dispose() { foreach (var root in _written) Directory.Delete(root, recursive: true); }
+
     static (int Code, string Out, string Err) Cli(params string[] args) => ModelFamiliesTests.Peft(args);
 
     [Theory]
     [MemberData(nameof(Families), MemberType = typeof(ModelFamiliesTests))]
     public void Quantize_writes_a_bnb_folder_that_evaluates_as_in_memory_quantization(string family)
     {
-        var dir = WriteFolder(family, seed: 5);
+        var dir = Kept(WriteFolder(family, seed: 5));
         var work = Path.GetDirectoryName(dir)!;
         var evalData = Path.Combine(work, "eval.txt");
         File.WriteAllText(evalData, "Hello, my dog is cute.\n\nThe quick brown fox jumps over the lazy dog.");
@@ -57,7 +62,7 @@ public sealed class ModelFamiliesQuantizeAndPlanTests
     [MemberData(nameof(Families), MemberType = typeof(ModelFamiliesTests))]
     public void Plan_reads_the_folder_and_counts_its_parameters_biases_included(string family)
     {
-        var dir = WriteFolder(family, seed: 6);
+        var dir = Kept(WriteFolder(family, seed: 6));
         long actual;
         using (var model = HfModelFolder.Load(dir))
             actual = model.NamedParameters().Sum(p => p.Parameter.NumberOfElements);   // tied head once, biases included

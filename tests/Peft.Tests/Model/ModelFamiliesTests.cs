@@ -18,8 +18,13 @@ namespace Peft.Tests.Model;
 /// The host's logits equal a forward written out here in fp64; KV-cached decoding equals the full forward; every
 /// verb runs on the folder through the CLI.
 /// </summary>
-public sealed class ModelFamiliesTests
+public sealed class ModelFamiliesTests : IDisposable
 {
+    // Each family folder is about 65 MB (a 128,256-row embedding): a test removes the ones it wrote.
+    readonly List<string> _written = [];
+    string Kept(string modelDir) { _written.Add(Path.GetDirectoryName(modelDir)!); return modelDir; }
+    public void Dispose() { foreach (var root in _written) Directory.Delete(root, recursive: true); }
+
     const int Vocab = 128256, Hidden = 32, Inter = 48, Layers = 2, Heads = 4;
 
     public static TheoryData<string> Families => new() { "llama3", "qwen2", "mistral" };
@@ -161,7 +166,7 @@ public sealed class ModelFamiliesTests
     [MemberData(nameof(Families))]
     public void Logits_equal_a_hand_written_forward(string family)
     {
-        var dir = WriteFolder(family);
+        var dir = Kept(WriteFolder(family));
         using var model = HfModelFolder.Load(dir);
         model.eval();
         using var _ = torch.no_grad();
@@ -192,7 +197,7 @@ public sealed class ModelFamiliesTests
     [MemberData(nameof(Families))]
     public void Kv_cached_decoding_equals_the_full_forward(string family)
     {
-        var dir = WriteFolder(family);
+        var dir = Kept(WriteFolder(family));
         using var model = HfModelFolder.Load(dir);
         model.eval();
         using var _ = torch.no_grad();
@@ -221,7 +226,7 @@ public sealed class ModelFamiliesTests
     [MemberData(nameof(Families))]
     public void Eval_generate_train_and_merge_run_through_the_CLI(string family)
     {
-        var dir = WriteFolder(family);
+        var dir = Kept(WriteFolder(family));
         var work = Path.GetDirectoryName(dir)!;
         var evalData = Path.Combine(work, "eval.txt");
         File.WriteAllText(evalData, "Hello, my dog is cute.\n\nThe quick brown fox jumps over the lazy dog. 你好，世界！");
