@@ -208,9 +208,10 @@ public static class MemoryPlanner
             bool upcast = s.Precision == PlanPrecision.Fp32 && !full && !hookLayerWeights && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
             bool outsideTrains = full || (hookOutside && activeLayers is not null && !full);
             acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: outsideTrains, HeadTrains: outsideTrains,
-                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null, s.LossChunkTokens));
+                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, upcast ? s.ActivationDtypeBytes : null, s.LossChunkTokens,
+                quantSel?.Name.ToLowerInvariant() is "nf4" or "fp4" ? quantized.Keys.ToHashSet(StringComparer.Ordinal) : null));
             if (upcast) notes.Add("the frozen base is stored in 16 bits and up-cast per call; autograd keeps each up-cast copy a gradient passes through (counted in activations)");
-            if (quantSel is not null) notes.Add("activations do not include dequantized weight copies a quantizer's backward may keep (its plugin's concern)");
+            if (quantSel is not null) notes.Add("activations include the dequantized fp32 weights a 4-bit layer keeps for backward when the micro-batch has at least as many tokens as the layer has inputs");
         }
 
         if (s.HasMasterCopy) notes.Add("mixed precision: 16-bit trainable weights and gradients, fp32 master copy and fp32 optimizer moments");
