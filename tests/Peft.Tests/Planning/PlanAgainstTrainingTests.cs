@@ -20,8 +20,12 @@ namespace Peft.Tests.Planning;
 /// The cases are data: each names the components it needs, and runs once the loaded plugins provide them all,
 /// so DoRA, QLoRA, GaLore and LISA join this test as their plugins land.
 /// </para>
+/// <para>
+/// The C-heap reading is process-wide, so these cases run alone (the serial collection, after the parallel ones):
+/// another test allocating or freeing meanwhile would be counted as this pass's activations.
+/// </para>
 /// </summary>
-[Collection(Stories260KCollection.Name)]
+[Collection(SerialStories260KCollection.Name)]
 public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputHelper output)
 {
     public const double ActivationTolerance = 0.25;
