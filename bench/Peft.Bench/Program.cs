@@ -103,7 +103,7 @@ static class Parent
                     continue;
                 }
                 Console.WriteLine(string.Create(Inv,
-                    $"round {round}/{o.Rounds} {variant.Name,-8} {measurement.TokensPerSecond,8:0} tok/s  median step {measurement.MedianStepSeconds:0.000} s  " +
+                    $"round {round}/{o.Rounds} {variant.Name,-8} {measurement.TokensPerSecond,8:0} tok/s  median step {measurement.MedianStepSeconds:0.000} s{(measurement.MedianStepCpuSeconds is { } c ? $" (cpu {c:0.000} s)" : "")}  " +
                     $"peak RSS {measurement.PeakRssBytes / 1048576.0:0} MiB (before training {measurement.RssBeforeTrainingBytes / 1048576.0:0} MiB)  " +
                     $"loss {measurement.FirstLoss:0.000} -> {measurement.LastLoss:0.000}"));
             }
