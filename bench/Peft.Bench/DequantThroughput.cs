@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using Peft.Plugins.QLora;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -74,14 +75,16 @@ public static class DequantThroughput
     /// <summary>
     /// One frozen projection inside training, at the bench's batch (batch × seq tokens): forward y = x·Wᵀ, then backward
     /// to the input gradient (the base's share of a QLoRA step), dense fp32 <c>linear</c> vs <see cref="FourBitLinear"/>
-    /// (NF4, blocks of 64, double quantization), the two alternating call by call; medians.
+    /// (NF4, blocks of 64, double quantization), the two alternating call by call; medians of the calling thread's CPU
+    /// time (with one torch thread every op runs on it), which other processes on a shared machine disturb far less
+    /// than wall time; wall time where the thread clock cannot be read.
     /// </summary>
     static void LayerSteps(BenchOptions o, int reps)
     {
         long tokens = (long)o.BatchSize * o.SeqLen;
         Console.WriteLine();
         Console.WriteLine($"One frozen projection, forward + backward to the input gradient, {tokens} tokens (batch {o.BatchSize} × {o.SeqLen}), " +
-                          $"{o.WarmupSteps} warm-up + {reps} timed calls each, alternating, median:");
+                          $"{o.WarmupSteps} warm-up + {reps} timed calls each, alternating, median {(ThreadClock.Readable ? "thread CPU time" : "wall time")}:");
         Console.WriteLine();
         Console.WriteLine("| weight (out × in) | per stories15M step | fp32 linear | NF4 FourBitLinear | NF4 / fp32 | NF4 forward only (no grad) | fp32 forward only |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
@@ -123,14 +126,44 @@ public static class DequantThroughput
         var tb = new double[reps];
         for (int i = 0; i < reps; i++)
         {
-            var sw = Stopwatch.StartNew();
+            double t0 = ThreadClock.Seconds();
             a();
-            ta[i] = sw.Elapsed.TotalSeconds;
-            sw.Restart();
+            double t1 = ThreadClock.Seconds();
             b();
-            tb[i] = sw.Elapsed.TotalSeconds;
+            double t2 = ThreadClock.Seconds();
+            ta[i] = t1 - t0;
+            tb[i] = t2 - t1;
         }
         return (MedianOf(ta), MedianOf(tb));
+    }
+
+    /// <summary>CPU seconds of the calling thread (clock_gettime(CLOCK_THREAD_CPUTIME_ID), Linux), else wall seconds.</summary>
+    static class ThreadClock
+    {
+        [StructLayout(LayoutKind.Sequential)]
+        struct Timespec { public long Seconds, Nanoseconds; }
+
+        [DllImport("libc", EntryPoint = "clock_gettime")]
+        static extern int clock_gettime(int clock, out Timespec ts);
+
+        const int ThreadCpuTime = 3;   // CLOCK_THREAD_CPUTIME_ID
+        static readonly Stopwatch Wall = Stopwatch.StartNew();
+
+        public static readonly bool Readable = OperatingSystem.IsLinux() && TryRead(out _);
+
+        static bool TryRead(out double seconds)
+        {
+            seconds = 0;
+            try
+            {
+                if (clock_gettime(ThreadCpuTime, out var ts) != 0) return false;
+                seconds = ts.Seconds + ts.Nanoseconds * 1e-9;
+                return true;
+            }
+            catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { return false; }
+        }
+
+        public static double Seconds() => Readable && TryRead(out var s) ? s : Wall.Elapsed.TotalSeconds;
     }
 
     static double MedianOf(double[] times)
