@@ -18,25 +18,25 @@ namespace Peft.Tests.Model;
 /// <summary>
 /// Issue 12 item 4: a bf16 folder with Llama 3's 128,256-token vocabulary is never held as a whole fp32 copy by
 /// <c>train</c> (base_dtype bfloat16), <c>merge</c> or <c>quantize</c>. Each verb runs as a child <c>peft</c> process
-/// on two llama3-shaped bf16 folders that differ only in hidden size (32 and 512: 16.6 MB and 276 MB of weights);
-/// its peak resident set (VmHWM in /proc/PID/status, sampled every 2 ms while it runs) may grow by at most
-/// <see cref="Slope"/> × the difference in folder bytes, plus <see cref="SlackBytes"/>. Why that bound:
+/// on two llama3-shaped bf16 folders that differ only in hidden size (32 and 512: 15 MiB and 259 MiB of weights);
+/// its peak resident set (VmHWM in /proc/PID/status, sampled every 2 ms while it runs) may grow by at most a slope ×
+/// the difference in folder bytes, plus <see cref="SlackBytes"/>. Why that bound:
 /// <list type="bullet">
 /// <item>the runtime, LibTorch, the tokenizer and the (tokens × vocab) loss chunks cost the same for both folders,
 /// so they cancel in the difference; what grows with hidden is the weights;</item>
-/// <item>held once in the folder's dtype (merge/quantize/train now) they cost 1 × the folder's bytes; each verb adds
-/// one layer in fp32 at a time (at hidden 512 the 128,256 × 512 head is 263 MB in fp32, counted in the slack below
-/// only for what a block holds, 16 MiB);</item>
-/// <item>before this change merge/quantize read the model in fp32 (2 ×), copied every tensor for saving (2 ×) and
-/// again into byte arrays (2 ×): about 6 ×; train read fp32 (2 ×) then re-stored the frozen weights in bf16.</item>
+/// <item>held once in the folder's dtype (merge, quantize and train now) they cost 1 × the folder's bytes; each verb
+/// adds one layer's fp32 copy or one 16 MiB block at a time. Merge and quantize measure 1.1 to 1.4 × (the small run's baseline varies by ±40 MiB): slope 1.7.
+/// Train measures about 1.5 ×, of which about 0.5 × is glibc keeping freed 16 MiB blocks in its heap (with
+/// MALLOC_MMAP_THRESHOLD_=1048576 it measures about 0.9 ×): slope 1.9;</item>
+/// <item>before this change merge and quantize read the model in fp32 (2 ×), cloned it for saving (2 ×) and copied it
+/// into byte arrays (2 ×): 5.8 × measured; train read fp32 (2 ×) and kept each layer's fp32 up-cast for backward:
+/// 3.7 × measured (docs/benchmarks.md). Any slope under 2 fails an fp32 read.</item>
 /// </list>
-/// Slope 1.6 leaves room for allocator slack and one fp32 head-sized copy (0.5 × of this folder), and fails the old
-/// behaviour (≥ 2 ×). The outputs of the streamed merge and quantize equal the in-memory ones bit for bit.
+/// The outputs of the streamed merge and quantize equal the in-memory ones bit for bit.
 /// </summary>
 public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisposable
 {
     const int Vocab = 128256;
-    const double Slope = 1.6;
     const long SlackBytes = 48L << 20;
 
     readonly List<string> _written = [];
@@ -141,7 +141,7 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
     static long FolderBytes(string dir) => new FileInfo(Path.Combine(dir, "model.safetensors")).Length;
 
     /// <summary>Peak of the verb on both folders; the growth must stay under the bound (see the class comment).</summary>
-    void ShouldGrowOnce(string verb, Func<string, string[]> args)
+    void ShouldGrowOnce(string verb, double slope, Func<string, string[]> args)
     {
         var small = WriteFolder(32);
         var large = WriteFolder(512);
@@ -150,7 +150,7 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
         var (rl, pl) = RunMeasured(Path.GetDirectoryName(large)!, args(large));
         rl.Code.Should().Be(0, rl.ToString());
         long delta = FolderBytes(large) - FolderBytes(small);
-        long bound = (long)(Slope * delta) + SlackBytes;
+        long bound = (long)(slope * delta) + SlackBytes;
         output.WriteLine($"{verb}: peak {ps >> 20} MiB on {FolderBytes(small) >> 20} MiB of bf16 weights, {pl >> 20} MiB on {FolderBytes(large) >> 20} MiB: grew {(pl - ps) >> 20} MiB = {(double)(pl - ps) / delta:0.00} x the extra weights (bound {bound >> 20} MiB)");
         output.WriteLine(rl.Out.Length > 3000 ? rl.Out[^3000..] : rl.Out);
         (pl - ps).Should().BeLessThan(bound, $"{verb} must hold the bf16 weights about once (grew {(double)(pl - ps) / delta:0.00} x the extra folder bytes)");
@@ -160,19 +160,19 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
     [Fact]
     public void Merge_peak_memory_grows_with_the_bf16_weights_once()
     {
-        ShouldGrowOnce("merge", dir => ["merge", "--model", dir, "--adapter", WriteAdapter(dir), "--out", Path.Combine(Path.GetDirectoryName(dir)!, "merged")]);
+        ShouldGrowOnce("merge", 1.7, dir => ["merge", "--model", dir, "--adapter", WriteAdapter(dir), "--out", Path.Combine(Path.GetDirectoryName(dir)!, "merged")]);
     }
 
     [Fact]
     public void Quantize_peak_memory_grows_with_the_bf16_weights_once()
     {
-        ShouldGrowOnce("quantize", dir => ["quantize", "--model", dir, "--method", "nf4", "--out", Path.Combine(Path.GetDirectoryName(dir)!, "nf4")]);
+        ShouldGrowOnce("quantize", 1.7, dir => ["quantize", "--model", dir, "--method", "nf4", "--out", Path.Combine(Path.GetDirectoryName(dir)!, "nf4")]);
     }
 
     [Fact]
     public void Train_with_a_bf16_base_peak_memory_grows_with_the_bf16_weights_once()
     {
-        ShouldGrowOnce("train", dir => ["train", "--config", WriteTrainConfig(dir, "bfloat16")]);
+        ShouldGrowOnce("train", 1.9, dir => ["train", "--config", WriteTrainConfig(dir, "bfloat16")]);
     }
 
     static string WriteTrainConfig(string modelDir, string baseDtype, string name = "run")
