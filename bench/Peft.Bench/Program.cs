@@ -31,7 +31,9 @@ if (options.VocabChild is { } vocabChild)
 {
     try
     {
-        Console.WriteLine(VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options).ToLine());
+        Console.WriteLine((options.BaseDtypeChild is { } baseDtype
+            ? Peft.Bench.BaseDtypeSpeed.MeasureChild(vocabChild.Seq, vocabChild.Chunk, baseDtype, options)
+            : VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options)).ToLine());
         return 0;
     }
     catch (Exception e)
@@ -41,6 +43,7 @@ if (options.VocabChild is { } vocabChild)
     }
 }
 if (options.VocabScaling) return VocabScaling.Run(options, args);
+if (options.BaseDtypeSpeed) return Peft.Bench.BaseDtypeSpeed.Run(options, args);
 
 if (options.One is { } one)
 {
