@@ -68,20 +68,25 @@ public static class ChunkedLinearCrossEntropy
         using var outer = torch.NewDisposeScope();
         long n = hidden.shape[0];
         var total = torch.zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device);
+        // One (C, V) buffer for every chunk's logits, softmax and ∂L/∂z (the largest tensor of the loss, made once).
+        var buffer = torch.empty(new[] { Math.Min(chunkTokens, n), weight.shape[0] }, hidden.dtype, hidden.device);
+        var wT = weight.t();                                                 // (D, V), a view
         for (long start = 0; start < n; start += chunkTokens)
         {
             using var scope = torch.NewDisposeScope();
             long rows = Math.Min(chunkTokens, n - start);
             var h = hidden.narrow(0, start, rows);                           // (C, D)
             var y = targets.narrow(0, start, rows).unsqueeze(1);            // (C, 1)
-            var z = nn.functional.linear(h, weight);                         // (C, V)
-            var lse = z.logsumexp(1, keepdim: true);                         // (C, 1)
-            var picked = z.gather(1, y);                                     // (C, 1)
-            total.add_((lse - picked).sum());
+            var z = buffer.narrow(0, 0, rows).addmm_(h, wT, beta: 0);       // (C, V) = h W^T, written over the buffer
+            var picked = z.gather(1, y);                                     // (C, 1)  z[i, y_i]
+            var max = z.amax(new long[] { 1 }, keepdim: true);               // (C, 1)  m
+            var e = z.sub_(max).exp_();                                      // (C, V)  exp(z − m), in place
+            var sumExp = e.sum(1, keepdim: true);                            // (C, 1)  s
+            total.add_((sumExp.log().add_(max) - picked).sum());             // logsumexp(z) = m + log s
             if (gradHidden is null && gradWeight is null) continue;
-            var g = z.sub_(lse).exp_();                                      // softmax, in place over z
+            var g = e.div_(sumExp);                                          // softmax(z), in place
             g.scatter_add_(1, y, torch.full(rows, 1, -1f, ScalarType.Float32, g.device));  // − onehot(y)
-            if (gradHidden is not null) gradHidden.narrow(0, start, rows).copy_(g.mm(weight));
+            if (gradHidden is not null) gradHidden.narrow(0, start, rows).addmm_(g, weight, beta: 0);
             gradWeight?.addmm_(g.t(), h);
         }
         return total.MoveToOuterDisposeScope();
