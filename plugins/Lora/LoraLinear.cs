@@ -241,7 +241,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, IAdapterLayer
                 continue;
             }
             if (training && state.Dropout > 0) h = nn.functional.dropout(h, state.Dropout, training: true);
-            var delta = nn.functional.linear(nn.functional.linear(h, a), b);   // (..., in) -> (..., r) -> (..., out)
+            var down = nn.functional.linear(h, a);                              // (..., in) -> (..., r)
+            if (resultType == b.dtype && result.is_contiguous())
+            {
+                // y += scaling * (down B^T) as one GEMM accumulating into y (addmm_, beta 1): no (..., out) delta and
+                // no second (..., out) sum. y is the base layer's fresh output, which no backward formula of a linear
+                // reads (a base whose backward did would fail loudly on autograd's version check, not compute wrong).
+                var flat = result.view(-1, result.shape[^1]);                   // (N, out), a view
+                flat.addmm_(down.view(-1, down.shape[^1]), b.t(), beta: 1, alpha: (float)state.Scaling);
+                continue;
+            }
+            var delta = nn.functional.linear(down, b);                          // (..., r) -> (..., out)
             // y += scaling * delta in one kernel (no separate (..., out) scaled temporary)
             result = result.add(delta.dtype == resultType ? delta : delta.to(resultType), state.Scaling);
         }

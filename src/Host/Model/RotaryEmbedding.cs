@@ -32,14 +32,17 @@ public sealed class RotaryEmbedding(int headDim, double theta, Llama3RopeScaling
         return (cos, sin);
     }
 
-    /// <summary>x (B, heads, T, d) rotated by the tables (T, d).</summary>
+    /// <summary>
+    /// x (B, heads, T, d) rotated by the tables (T, d). rotate_half(x) ⊙ sin = roll(x, d/2) ⊙ sin±, where
+    /// roll(x, d/2) = cat(x[d/2:], x[:d/2]) and sin± = cat(−sin[:d/2], sin[d/2:]) (T, d): two (B, heads, T, d)
+    /// tensors instead of five (the negated half, the concatenation, both products and their sum).
+    /// </summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
         using var scope = torch.NewDisposeScope();
         var half = x.shape[^1] / 2;
-        var x1 = x.narrow(-1, 0, half);
-        var x2 = x.narrow(-1, half, half);
-        var rotated = torch.cat(new[] { x2.neg(), x1 }, dim: -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        var signedSin = torch.cat(new[] { sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half) }, dim: -1);   // (T, d)
+        var swapped = x.roll(half, -1);                                         // cat(x2, x1)
+        return (x * cos).addcmul_(swapped, signedSin, 1).MoveToOuterDisposeScope();
     }
 }

@@ -83,18 +83,22 @@ public static class ChunkedLinearCrossEntropy
         using var outer = torch.NewDisposeScope();
         long n = hidden.shape[0];
         var total = torch.zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device);
+        // One (C, V) buffer for every chunk's logits, softmax and ∂L/∂z (the largest tensor of the loss, made once).
+        var buffer = torch.empty(new[] { Math.Min(chunkTokens, n), weight.shape[0] }, hidden.dtype, hidden.device);
         for (long start = 0; start < n; start += chunkTokens)
         {
             using var scope = torch.NewDisposeScope();
             long rows = Math.Min(chunkTokens, n - start);
             var h = hidden.narrow(0, start, rows);                           // (C, D)
             var y = targets.narrow(0, start, rows).unsqueeze(1);            // (C, 1)
-            var z = Logits(h, weight);                                       // (C, V)
-            var lse = z.logsumexp(1, keepdim: true);                         // (C, 1)
-            var picked = z.gather(1, y);                                     // (C, 1)
-            total.add_((lse - picked).sum());
+            var z = Logits(h, weight, buffer.narrow(0, 0, rows));           // (C, V) = h W^T, written over the buffer
+            var picked = z.gather(1, y);                                     // (C, 1)  z[i, y_i]
+            var max = z.amax(new long[] { 1 }, keepdim: true);               // (C, 1)  m
+            var e = z.sub_(max).exp_();                                      // (C, V)  exp(z − m), in place
+            var sumExp = e.sum(1, keepdim: true);                            // (C, 1)  s
+            total.add_((sumExp.log().add_(max) - picked).sum());             // logsumexp(z) = m + log s
             if (gradHidden is null && gradWeight is null) continue;
-            var g = z.sub_(lse).exp_();                                      // softmax, in place over z
+            var g = e.div_(sumExp);                                          // softmax(z), in place
             g.scatter_add_(1, y, torch.full(rows, 1, -1f, ScalarType.Float32, g.device));  // − onehot(y)
             if (gradHidden is not null) GradHidden(g, weight, gradHidden.narrow(0, start, rows));
             gradWeight?.addmm_(g.t(), h);
@@ -110,13 +114,12 @@ public static class ChunkedLinearCrossEntropy
 
     static long UpcastBlockWeights => TestUpcastBlockWeights > 0 ? TestUpcastBlockWeights : DefaultUpcastBlockWeights;
 
-    /// <summary>z = h Wᵀ (C, V) in h's dtype; a W stored in another dtype is cast block of rows by block of rows.</summary>
-    static Tensor Logits(Tensor h, Tensor weight)
+    /// <summary>z = h Wᵀ (C, V) in h's dtype, written into <paramref name="z"/>; a W stored in another dtype is cast block of rows by block of rows.</summary>
+    static Tensor Logits(Tensor h, Tensor weight, Tensor z)
     {
-        if (weight.dtype == h.dtype) return nn.functional.linear(h, weight);
+        if (weight.dtype == h.dtype) return z.addmm_(h, weight.t(), beta: 0);
         // block rows: the cast block (R, D) and its product (C, R) each at most 4M values
         long v = weight.shape[0], rows = Math.Max(1, UpcastBlockWeights / Math.Max(weight.shape[1], h.shape[0]));
-        var z = torch.empty(h.shape[0], v, h.dtype, h.device);
         for (long r0 = 0; r0 < v; r0 += rows)
         {
             long n = Math.Min(rows, v - r0);
@@ -134,7 +137,7 @@ public static class ChunkedLinearCrossEntropy
     /// <summary>∂L/∂h = g W (C, D) into <paramref name="into"/>; a W stored in another dtype is cast block by block (Σ over row blocks).</summary>
     static void GradHidden(Tensor g, Tensor weight, Tensor into)
     {
-        if (weight.dtype == g.dtype) { into.copy_(g.mm(weight)); return; }
+        if (weight.dtype == g.dtype) { into.addmm_(g, weight, beta: 0); return; }
         long v = weight.shape[0], rows = Math.Max(1, UpcastBlockWeights / weight.shape[1]);
         into.zero_();
         for (long r0 = 0; r0 < v; r0 += rows)
