@@ -43,15 +43,33 @@ public static class QuantizedModelFolder
         throw new PeftFormatException($"{source}: {ConfigKey} (quant_method {method}) is not read by any loaded quantizer (loaded: {string.Join(", ", catalog.QuantizerNames)})");
     }
 
-    /// <summary>Load a quantized folder (fp32 storage for the full-precision tensors).</summary>
-    public static LlamaForCausalLM Load(string dir, PluginCatalog catalog)
+    /// <summary>
+    /// The dtype the folder's full-precision parameters (float tensors named <c>….weight</c> or <c>….bias</c>: the
+    /// embedding, norms, head, skipped slots; a quantized slot's codes are not floats and its statistics have longer
+    /// names) are all stored in, or null when they differ. Eval and generate keep it, as for a plain folder.
+    /// </summary>
+    public static ScalarType? FullPrecisionDtype(string dir)
+    {
+        ScalarType? found = null;
+        foreach (var (name, (_, info, _)) in Index(dir))
+        {
+            if (info.DType is not ("F32" or "F16" or "BF16") || !(name.EndsWith(".weight", StringComparison.Ordinal) || name.EndsWith(".bias", StringComparison.Ordinal))) continue;
+            var t = Safetensors.ToScalarType(info.DType);
+            if (found is { } f && f != t) return null;
+            found = t;
+        }
+        return found;
+    }
+
+    /// <summary>Load a quantized folder, its full-precision tensors stored in <paramref name="storageDtype"/> (fp32 by default).</summary>
+    public static LlamaForCausalLM Load(string dir, PluginCatalog catalog, ScalarType storageDtype = ScalarType.Float32)
     {
         var configPath = Path.Combine(dir, HfModelFolder.ConfigFile);
         var qc = ReadQuantizationConfig(dir) ?? throw new PeftFormatException($"{configPath}: no {ConfigKey} (not a quantized model folder)");
         var (_, reader) = ReaderFor(catalog, qc, configPath);
         var config = LlamaConfig.Load(configPath);
         config.OtherKeys.Remove(ConfigKey);   // the model in memory says what it holds; saving decides again
-        var model = new LlamaForCausalLM(config, ScalarType.Float32, initialize: false);
+        var model = new LlamaForCausalLM(config, storageDtype, initialize: false);
         var index = Index(dir);   // headers only: each tensor is read when its turn comes
         var loaded = new HashSet<string>(StringComparer.Ordinal);
         try
