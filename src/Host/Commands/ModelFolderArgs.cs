@@ -32,7 +32,8 @@ internal static class ModelFolderArgs
         if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null)
             model = HfModelFolder.Load(dir, storageDtype ?? (keepStoredDtype && HfModelFolder.StoredDtype(dir) is { } stored ? stored : TorchSharp.torch.ScalarType.Float32));
         else if (catalog is null) throw new CliException($"{verb}: '{dir}' is a quantized model folder; loading it needs the quantizer plugins");
-        else model = QuantizedModelFolder.Load(dir, catalog);
+        else model = QuantizedModelFolder.Load(dir, catalog,
+            storageDtype ?? (keepStoredDtype && QuantizedModelFolder.FullPrecisionDtype(dir) is { } kept ? kept : TorchSharp.torch.ScalarType.Float32));
         if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)
         {
             model.Dispose();

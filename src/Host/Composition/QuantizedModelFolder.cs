@@ -43,49 +43,90 @@ public static class QuantizedModelFolder
         throw new PeftFormatException($"{source}: {ConfigKey} (quant_method {method}) is not read by any loaded quantizer (loaded: {string.Join(", ", catalog.QuantizerNames)})");
     }
 
-    /// <summary>Load a quantized folder (fp32 storage for the full-precision tensors).</summary>
-    public static LlamaForCausalLM Load(string dir, PluginCatalog catalog)
+    /// <summary>
+    /// The dtype the folder's full-precision parameters (float tensors named <c>….weight</c> or <c>….bias</c>: the
+    /// embedding, norms, head, skipped slots; a quantized slot's codes are not floats and its statistics have longer
+    /// names) are all stored in, or null when they differ. Eval and generate keep it, as for a plain folder.
+    /// </summary>
+    public static ScalarType? FullPrecisionDtype(string dir)
+    {
+        ScalarType? found = null;
+        foreach (var (name, (_, info, _)) in Index(dir))
+        {
+            if (info.DType is not ("F32" or "F16" or "BF16") || !(name.EndsWith(".weight", StringComparison.Ordinal) || name.EndsWith(".bias", StringComparison.Ordinal))) continue;
+            var t = Safetensors.ToScalarType(info.DType);
+            if (found is { } f && f != t) return null;
+            found = t;
+        }
+        return found;
+    }
+
+    /// <summary>Load a quantized folder, its full-precision tensors stored in <paramref name="storageDtype"/> (fp32 by default).</summary>
+    public static LlamaForCausalLM Load(string dir, PluginCatalog catalog, ScalarType storageDtype = ScalarType.Float32)
     {
         var configPath = Path.Combine(dir, HfModelFolder.ConfigFile);
         var qc = ReadQuantizationConfig(dir) ?? throw new PeftFormatException($"{configPath}: no {ConfigKey} (not a quantized model folder)");
         var (_, reader) = ReaderFor(catalog, qc, configPath);
         var config = LlamaConfig.Load(configPath);
         config.OtherKeys.Remove(ConfigKey);   // the model in memory says what it holds; saving decides again
-        var model = new LlamaForCausalLM(config, ScalarType.Float32, initialize: false);
-        var tensors = ReadAll(dir);
+        var model = new LlamaForCausalLM(config, storageDtype, initialize: false);
+        var index = Index(dir);   // headers only: each tensor is read when its turn comes
         var loaded = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             foreach (var slot in model.LinearSlots)
             {
                 var prefix = slot.Name + ".";
-                var own = tensors.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList();
-                var bySuffix = own.ToDictionary(k => k[prefix.Length..], k => tensors[k].Tensor, StringComparer.Ordinal);
-                if (!reader.IsQuantizedSlot(bySuffix.Keys)) continue;
-                var layer = reader.LoadQuantized(slot, bySuffix, qc);
-                var replaced = model.GetLinear(slot.Name);
-                model.SetLinear(slot.Name, layer);
-                replaced.Module.Dispose();
-                foreach (var k in own) { tensors[k].Tensor.Dispose(); tensors.Remove(k); }
-                // the quantized layer read its own parameters (a bias: Qwen2's q/k/v, Llama 3 with attention_bias) from its tensors
-                foreach (var (name, _) in layer.Module.named_parameters()) loaded.Add(prefix + name);
+                var own = index.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList();
+                if (!reader.IsQuantizedSlot(own.Select(k => k[prefix.Length..]).ToList())) continue;
+                // one slot's saved tensors at a time (codes and statistics), freed once the layer is built
+                var bySuffix = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+                try
+                {
+                    foreach (var group in own.GroupBy(k => index[k].File))
+                    {
+                        var names = group.ToHashSet(StringComparer.Ordinal);
+                        foreach (var (name, t) in Safetensors.Load(group.Key, names.Contains)) bySuffix[name[prefix.Length..]] = t;
+                    }
+                    var layer = reader.LoadQuantized(slot, bySuffix, qc);
+                    var replaced = model.GetLinear(slot.Name);
+                    model.SetLinear(slot.Name, layer);
+                    replaced.Module.Dispose();
+                    // the quantized layer read its own parameters (a bias: Qwen2's q/k/v, Llama 3 with attention_bias) from its tensors
+                    foreach (var (name, _) in layer.Module.named_parameters()) loaded.Add(prefix + name);
+                }
+                finally
+                {
+                    foreach (var t in bySuffix.Values) t.Dispose();
+                }
+                foreach (var k in own) index.Remove(k);
             }
 
+            // every other tensor: checked against the model, then read in chunks straight into its parameter
             var expected = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-            using (torch.no_grad())
-                foreach (var (name, (file, t)) in tensors)
+            var wanted = new List<(string Name, (string File, Safetensors.TensorInfo Info, long DataStart) At, Tensor Target)>();
+            foreach (var (name, at) in index)
+            {
+                var (file, info, _) = at;
+                if (name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue;
+                if (config.TieWordEmbeddings && name == LlamaForCausalLM.HeadName + ".weight") continue;
+                if (!expected.TryGetValue(name, out var target))
+                    throw new PeftFormatException($"{file}: unexpected tensor '{name}' (neither a parameter of LlamaForCausalLM nor part of a quantized layer)");
+                if (!info.Shape.SequenceEqual(target.shape))
+                    throw new PeftFormatException($"{file}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
+                if (info.DType is not ("F32" or "F16" or "BF16"))
+                    throw new PeftFormatException($"{file}: tensor '{name}' has dtype {info.DType}; expected F32, F16 or BF16");
+                wanted.Add((name, at, target));
+            }
+            foreach (var group in wanted.GroupBy(w => w.At.File))
+            {
+                using var fs = new FileStream(group.Key, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan);
+                foreach (var (name, (_, info, dataStart), target) in group)
                 {
-                    if (name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue;
-                    if (config.TieWordEmbeddings && name == LlamaForCausalLM.HeadName + ".weight") continue;
-                    if (!expected.TryGetValue(name, out var target))
-                        throw new PeftFormatException($"{file}: unexpected tensor '{name}' (neither a parameter of LlamaForCausalLM nor part of a quantized layer)");
-                    if (!t.shape.SequenceEqual(target.shape))
-                        throw new PeftFormatException($"{file}: tensor '{name}' has shape [{string.Join(", ", t.shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
-                    if (t.dtype is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16))
-                        throw new PeftFormatException($"{file}: tensor '{name}' has dtype {t.dtype}; expected F32, F16 or BF16");
-                    target.copy_(t);
+                    HfModelFolder.ReadInto(fs, dataStart, info, target);
                     loaded.Add(name);
                 }
+            }
             var missing = expected.Keys.Where(k => !loaded.Contains(k)).ToList();
             if (missing.Count > 0)
                 throw new PeftFormatException($"{dir}: missing tensor '{missing[0]}'" + (missing.Count > 1 ? $" (and {missing.Count - 1} more)" : "") + " required by config.json");
@@ -96,13 +137,10 @@ public static class QuantizedModelFolder
             model.Dispose();
             throw;
         }
-        finally
-        {
-            foreach (var (_, t) in tensors.Values) t.Dispose();
-        }
     }
 
-    static Dictionary<string, (string File, Tensor Tensor)> ReadAll(string dir)
+    /// <summary>Every tensor of the folder's weight files, by name: its file, header entry and data offset (no data read).</summary>
+    static Dictionary<string, (string File, Safetensors.TensorInfo Info, long DataStart)> Index(string dir)
     {
         var files = new List<string>();
         var index = Path.Combine(dir, HfModelFolder.IndexFile);
@@ -123,23 +161,13 @@ public static class QuantizedModelFolder
         }
         else files.Add(Path.Combine(dir, HfModelFolder.WeightsFile));
 
-        var all = new Dictionary<string, (string, Tensor)>(StringComparer.Ordinal);
-        try
+        var all = new Dictionary<string, (string, Safetensors.TensorInfo, long)>(StringComparer.Ordinal);
+        foreach (var file in files)
         {
-            foreach (var file in files)
-                foreach (var (name, t) in Safetensors.Load(file))
-                {
-                    if (!all.TryAdd(name, (file, t)))
-                    {
-                        t.Dispose();
-                        throw new PeftFormatException($"{file}: tensor '{name}' appears in more than one file");
-                    }
-                }
-        }
-        catch
-        {
-            foreach (var (_, t) in all.Values) t.Dispose();
-            throw;
+            var (infos, _, dataStart) = Safetensors.ReadHeader(file);
+            foreach (var info in infos)
+                if (!all.TryAdd(info.Name, (file, info, dataStart)))
+                    throw new PeftFormatException($"{file}: tensor '{info.Name}' appears in more than one file");
         }
         return all;
     }

@@ -95,7 +95,7 @@ public static class HfModelFolder
     /// dtype that <c>copy_</c> converts. Peak extra memory is one chunk, whatever the tensor's size (a 128,256 × 4096
     /// embedding is 1 GiB in bf16).
     /// </summary>
-    static void ReadInto(FileStream fs, long dataStart, Safetensors.TensorInfo info, Tensor target)
+    internal static void ReadInto(FileStream fs, long dataStart, Safetensors.TensorInfo info, Tensor target)
     {
         using var _ = torch.no_grad();
         var stored = Safetensors.ToScalarType(info.DType);

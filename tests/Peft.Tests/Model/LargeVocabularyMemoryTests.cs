@@ -26,8 +26,8 @@ namespace Peft.Tests.Model;
 /// so they cancel in the difference; what grows with hidden is the weights;</item>
 /// <item>held once in the folder's dtype (merge, quantize and train now) they cost 1 × the folder's bytes; each verb
 /// adds one layer's fp32 copy or one 16 MiB block at a time. Merge and quantize measure 1.1 to 1.4 × (the small run's baseline varies by ±40 MiB): slope 1.7.
-/// Train measures about 1.5 ×, of which about 0.5 × is glibc keeping freed 16 MiB blocks in its heap (with
-/// MALLOC_MMAP_THRESHOLD_=1048576 it measures about 0.9 ×): slope 1.9;</item>
+/// Train measures 1.4 to 1.7 ×, of which about 0.5 × is glibc keeping freed 16 MiB blocks in its heap (with
+/// MALLOC_MMAP_THRESHOLD_=1048576 it measures about 0.9 ×): slope 1.9 and twice the slack;</item>
 /// <item>before this change merge and quantize read the model in fp32 (2 ×), cloned it for saving (2 ×) and copied it
 /// into byte arrays (2 ×): 5.8 × measured; train read fp32 (2 ×) and kept each layer's fp32 up-cast for backward:
 /// 3.7 × measured (docs/benchmarks.md). Any slope under 2 fails an fp32 read.</item>
@@ -141,7 +141,7 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
     static long FolderBytes(string dir) => new FileInfo(Path.Combine(dir, "model.safetensors")).Length;
 
     /// <summary>Peak of the verb on both folders; the growth must stay under the bound (see the class comment).</summary>
-    void ShouldGrowOnce(string verb, double slope, Func<string, string[]> args)
+    void ShouldGrowOnce(string verb, double slope, Func<string, string[]> args, long slack = SlackBytes)
     {
         var small = WriteFolder(32);
         var large = WriteFolder(512);
@@ -150,7 +150,7 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
         var (rl, pl) = RunMeasured(Path.GetDirectoryName(large)!, args(large));
         rl.Code.Should().Be(0, rl.ToString());
         long delta = FolderBytes(large) - FolderBytes(small);
-        long bound = (long)(slope * delta) + SlackBytes;
+        long bound = (long)(slope * delta) + slack;
         output.WriteLine($"{verb}: peak {ps >> 20} MiB on {FolderBytes(small) >> 20} MiB of bf16 weights, {pl >> 20} MiB on {FolderBytes(large) >> 20} MiB: grew {(pl - ps) >> 20} MiB = {(double)(pl - ps) / delta:0.00} x the extra weights (bound {bound >> 20} MiB)");
         output.WriteLine(rl.Out.Length > 3000 ? rl.Out[^3000..] : rl.Out);
         (pl - ps).Should().BeLessThan(bound, $"{verb} must hold the bf16 weights about once (grew {(double)(pl - ps) / delta:0.00} x the extra folder bytes)");
@@ -172,7 +172,7 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
     [Fact]
     public void Train_with_a_bf16_base_peak_memory_grows_with_the_bf16_weights_once()
     {
-        ShouldGrowOnce("train", 1.9, dir => ["train", "--config", WriteTrainConfig(dir, "bfloat16")]);
+        ShouldGrowOnce("train", 1.9, dir => ["train", "--config", WriteTrainConfig(dir, "bfloat16")], slack: 2 * SlackBytes);
     }
 
     static string WriteTrainConfig(string modelDir, string baseDtype, string name = "run")
