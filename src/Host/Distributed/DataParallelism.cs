@@ -106,12 +106,18 @@ public sealed class DataParallelism : IDisposable
             var dtype = grads[0].dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
             var flat = torch.cat(grads.Select(g => g.reshape(-1).to_type(dtype)).ToList());
             Communicator.AllReduceSum(flat);
-            long offset = 0;
-            foreach (var g in grads)
-            {
-                g.copy_(flat.narrow(0, offset, g.NumberOfElements).view_as(g));
-                offset += g.NumberOfElements;
-            }
+            Unpack(flat, grads);
+        }
+    }
+
+    /// <summary>Copy consecutive slices of a flat bucket back into its tensors (a slice onto its own memory is a no-op).</summary>
+    internal static void Unpack(Tensor flat, IReadOnlyList<Tensor> tensors)
+    {
+        long offset = 0;
+        foreach (var t in tensors)
+        {
+            t.copy_(flat.narrow(0, offset, t.NumberOfElements).view_as(t));
+            offset += t.NumberOfElements;
         }
     }
 

@@ -117,6 +117,13 @@ public sealed class DataParallelTests(Stories260KFixture fx)
 
         SameLosses(MpiRun.Losses(whole), MpiRun.Losses(sharded), 1e-5);
         SameWeights(ResultFile(whole, method), ResultFile(sharded, method), 1e-5);
+        // ZeRO-1 reduce-scatters the gradients and clips the shards: its global norm (one scalar all-reduce of the
+        // owned squared norms) is the all-reduced run's, and it is above max_grad_norm, so the clipping was applied
+        var norms = MpiRun.GradNorms(whole);
+        var shardedNorms = MpiRun.GradNorms(sharded);
+        shardedNorms.Select(n => n.Step).Should().Equal(norms.Select(n => n.Step));
+        for (int i = 0; i < norms.Count; i++) shardedNorms[i].Norm.Should().BeApproximately(norms[i].Norm, 1e-4 * norms[i].Norm, $"the gradient norm of step {norms[i].Step}");
+        if (method == "full") norms.Max(n => n.Norm).Should().BeGreaterThan(1.0, "max_grad_norm (1.0) clips a step of full fine-tuning");
 
         // bytes of the state tensors each rank holds (IPeftOptimizer.StateBytes, summed over its tensors)
         long unsharded0 = MpiRun.OptimizerBytes(plain.Out, 0), unsharded1 = MpiRun.OptimizerBytes(File.ReadAllText(Path.Combine(whole, "logs", "rank-1.log")), 1);
