@@ -52,17 +52,15 @@ public sealed class MpiCommunicator : IGradientCommunicator
         throw new DllNotFoundException("MPICH's libmpich.so.12 is not installed (Debian: apt-get install mpich, or run .ci/install-mpich)");
     }
 
-    static int SumType(Tensor tensor) => tensor.dtype switch
-    {
-        ScalarType.Float32 => MPI.Unsafe.MPI_FLOAT,
-        ScalarType.Float64 => MPI.Unsafe.MPI_DOUBLE,
-        ScalarType.Int64 => MPI.Unsafe.MPI_LONG_LONG,
-        _ => throw new ArgumentException($"a sum of {tensor.dtype} tensors is not supported (float32, float64, int64)"),
-    };
-
     public void AllReduceSum(Tensor tensor)
     {
-        var type = SumType(tensor);
+        var type = tensor.dtype switch
+        {
+            ScalarType.Float32 => MPI.Unsafe.MPI_FLOAT,
+            ScalarType.Float64 => MPI.Unsafe.MPI_DOUBLE,
+            ScalarType.Int64 => MPI.Unsafe.MPI_LONG_LONG,
+            _ => throw new ArgumentException($"all-reduce of {tensor.dtype} tensors is not supported (float32, float64, int64)"),
+        };
         var data = TensorMemory.Pointer(tensor);
         _busy.Start();
         try
@@ -71,51 +69,6 @@ public sealed class MpiCommunicator : IGradientCommunicator
                 Check(MPI.Unsafe.MPI_Allreduce(InPlace, data + (nint)(offset * tensor.ElementSize), count, type, MPI.Unsafe.MPI_SUM, MPI.Unsafe.MPI_COMM_WORLD), "MPI_Allreduce");
         }
         finally { _busy.Stop(); }
-    }
-
-    /// <summary>
-    /// <c>MPI_Reduce_scatter(input, output, counts, …, MPI_SUM)</c> on the tensors' own memory. Not in place:
-    /// MPICH 4.0.2's device collectives crash on <c>MPI_IN_PLACE</c> at a reduce's root, so input and output differ.
-    /// </summary>
-    public void ReduceScatterSum(Tensor input, Tensor output, long[] counts)
-    {
-        var type = SumType(input);
-        if (output.dtype != input.dtype) throw new ArgumentException($"reduce-scatter from {input.dtype} into {output.dtype}");
-        if (output.NumberOfElements != counts[Rank] || input.NumberOfElements != counts.Sum())
-            throw new ArgumentException($"reduce-scatter of {input.NumberOfElements} elements into {output.NumberOfElements}, counts [{string.Join(", ", counts)}]");
-        var send = TensorMemory.Pointer(input);
-        var receive = counts[Rank] > 0 ? TensorMemory.Pointer(output) : Empty;
-        var intCounts = IntCounts(counts, 1, "reduce-scatter");
-        _busy.Start();
-        try { Check(MPI.Unsafe.MPI_Reduce_scatter(send, receive, intCounts, type, MPI.Unsafe.MPI_SUM, MPI.Unsafe.MPI_COMM_WORLD), "MPI_Reduce_scatter"); }
-        finally { _busy.Stop(); }
-    }
-
-    /// <summary><c>MPI_Allgatherv</c> of bytes on the tensors' own memory (not in place).</summary>
-    public void AllGather(Tensor input, Tensor output, long[] counts)
-    {
-        if (output.dtype != input.dtype) throw new ArgumentException($"all-gather from {input.dtype} into {output.dtype}");
-        if (input.NumberOfElements != counts[Rank] || output.NumberOfElements != counts.Sum())
-            throw new ArgumentException($"all-gather of {input.NumberOfElements} elements into {output.NumberOfElements}, counts [{string.Join(", ", counts)}]");
-        var receive = TensorMemory.Pointer(output);
-        var send = counts[Rank] > 0 ? TensorMemory.Pointer(input) : Empty;
-        var byteCounts = IntCounts(counts, input.ElementSize, "all-gather");
-        var displacements = new int[byteCounts.Length];
-        for (int r = 1; r < byteCounts.Length; r++) displacements[r] = displacements[r - 1] + byteCounts[r - 1];
-        _busy.Start();
-        try { Check(MPI.Unsafe.MPI_Allgatherv(send, byteCounts[Rank], MPI.Unsafe.MPI_BYTE, receive, byteCounts, displacements, MPI.Unsafe.MPI_BYTE, MPI.Unsafe.MPI_COMM_WORLD), "MPI_Allgatherv"); }
-        finally { _busy.Stop(); }
-    }
-
-    /// <summary>A distinct address for a zero-length buffer (MPI refuses aliased send and receive buffers).</summary>
-    static readonly unsafe IntPtr Empty = (IntPtr)NativeMemory.AllocZeroed(64);
-
-    /// <summary>MPI counts are int: a bucket whose total exceeds 2^31 − 1 (bytes or elements) is refused.</summary>
-    static int[] IntCounts(long[] counts, long unit, string what)
-    {
-        if (counts.Sum() * unit > int.MaxValue)
-            throw new ArgumentException($"{what} of {counts.Sum() * unit} units exceeds MPI's int counts; lower distributed:bucket_mb");
-        return counts.Select(c => (int)(c * unit)).ToArray();
     }
 
     public void Broadcast(Tensor tensor, int root)
@@ -144,7 +97,6 @@ public sealed class MpiCommunicator : IGradientCommunicator
         if (_disposed) return;
         _disposed = true;
         MPI.Unsafe.MPI_Finalize();
-
     }
 }
 
@@ -162,9 +114,6 @@ static class TensorMemory
         if (pointer == IntPtr.Zero && tensor.NumberOfElements > 0) throw new InvalidOperationException("the tensor has no data pointer");
         return pointer;
     }
-
-    /// <summary>A distinct address for a zero-length buffer (MPI refuses aliased send and receive buffers).</summary>
-    static readonly unsafe IntPtr Empty = (IntPtr)NativeMemory.AllocZeroed(64);
 
     /// <summary>MPI counts are int: split a length into chunks of at most 2^30 elements.</summary>
     public static IEnumerable<(long Offset, int Count)> Chunks(long length)

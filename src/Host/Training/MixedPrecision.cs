@@ -50,9 +50,6 @@ public sealed class MixedPrecision : IDisposable
     public int SkippedSteps { get; private set; }
     public bool Active => LowPrecision is not null;
 
-    /// <summary>fp16: <see cref="EndBackward"/> reads every (summed) gradient to find an overflow.</summary>
-    public bool ChecksOverflow => LowPrecision == ScalarType.Float16;
-
     /// <summary>The fp32 master of each floating-point trainable parameter (empty in fp32).</summary>
     public IReadOnlyList<(Parameter Parameter, Tensor Master)> Masters => _slots;
 

@@ -91,8 +91,6 @@ public static class Trainer
         int lastCheckpoint = startStep;
         var summary = TrainingSummary.Measure(model, trainable, run.Optimizer);
         using var precision = MixedPrecision.For(o, trainable, run.Optimizer); // training:precision (fp32: does nothing)
-        // ZeRO-1 sends each gradient to its owner only and clips the shards; fp16's overflow check needs every summed gradient
-        var shardedGradients = parallel.Enabled && run.Optimizer is Distributed.ZeroShardedOptimizer zero && !precision.ChecksOverflow ? zero : null;
 
         run.Progress.Run(startStep, totalSteps, sink =>
         {
@@ -138,8 +136,7 @@ public static class Trainer
                     lossSum += ForwardBackward(model, batch, countedTokens, step + 1, o.LossChunkTokens, out var activations, precision.LossScale);
                     if (activations is { } a) lastStepActivations = Math.Max(lastStepActivations ?? 0, a);
                 }
-                if (shardedGradients is not null) shardedGradients.ReduceGradients();   // Σ over ranks onto each gradient's owner
-                else parallel.SumGradients(trainableTensors);   // Σ over ranks, bucketed (before unscaling, clipping and the step)
+                parallel.SumGradients(trainableTensors);   // Σ over ranks, bucketed (before unscaling, clipping and the step)
                 lossSum = parallel.Sum(lossSum);
                 bool applied = precision.EndBackward(); // false: fp16 overflow, the step is skipped
                 peakGradients = Math.Max(peakGradients, HeldMemory.HeldGradientBytes(trainable));
@@ -147,7 +144,7 @@ public static class Trainer
                 if (!double.IsFinite(loss))
                     throw new TrainingException($"the loss is {loss.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged (lower training:learning_rate, or check the data)");
 
-                double gradNorm = !applied ? 0 : shardedGradients?.ClipByGlobalNorm(o.MaxGradNorm) ?? GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm);
+                double gradNorm = applied ? GradientClipping.ClipByGlobalNorm(trainableTensors, o.MaxGradNorm) : 0;
                 if (!double.IsFinite(gradNorm))
                     throw new TrainingException($"the gradient norm is {gradNorm.ToString(CultureInfo.InvariantCulture)} at step {step + 1}: training diverged");
                 if (applied) run.Optimizer.Step(lr);
