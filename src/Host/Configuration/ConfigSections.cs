@@ -29,7 +29,7 @@ public static class ConfigSections
         new("optimizer", "the optimizer strategy (name + its options)"),
         new("hooks", "training hooks, a list of { name, options } (e.g. lisa)"),
         new("output", "where adapters, checkpoints and logs are written", root => Abstractions.Configuration.OptionsBinding.Bind<Training.OutputOptions>(root.GetSection("output"))),
-        new(Distributed.DistributedOptions.Section, "data-parallel training under mpiexec: zero (0|1), bucket_mb", root => Distributed.DistributedOptions.From(root)),
+        new(Distributed.DistributedOptions.Section, "data-parallel training under mpiexec: zero (0|1), bucket_mb, direct_kb", root => Distributed.DistributedOptions.From(root)),
         new(Plugins, "extra folders to load plugins from", root => PluginsOptions.From(root)),
     };
 

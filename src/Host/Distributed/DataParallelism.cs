@@ -26,12 +26,15 @@ namespace Peft.Host.Distributed;
 /// </summary>
 public sealed class DataParallelism : IDisposable
 {
-    readonly long _bucketBytes;
+    readonly long _bucketBytes, _directBytes;
 
-    public DataParallelism(IGradientCommunicator communicator, long bucketBytes = 25L << 20)
+    /// <param name="bucketBytes"><c>distributed:bucket_mb</c>: the largest flat bucket of small gradients.</param>
+    /// <param name="directBytes"><c>distributed:direct_kb</c>: a gradient this large is all-reduced in place on its own memory.</param>
+    public DataParallelism(IGradientCommunicator communicator, long bucketBytes = 25L << 20, long directBytes = 256L << 10)
     {
         Communicator = communicator;
         _bucketBytes = bucketBytes;
+        _directBytes = directBytes;
     }
 
     /// <summary>One process, no communication.</summary>
@@ -88,9 +91,13 @@ public sealed class DataParallelism : IDisposable
     }
 
     /// <summary>
-    /// After the step's backward passes: sum every trainable gradient over the ranks, in flat buckets of at most
-    /// <c>distributed:bucket_mb</c>. A parameter that requires grad but got none on this rank (no example) adds zeros.
-    /// Each bucket is one native concatenation, one in-place all-reduce on its memory, and one copy back.
+    /// After the step's backward passes: sum every trainable gradient over the ranks. A float32/64 gradient of at
+    /// least <c>distributed:direct_kb</c> (256 KiB) is all-reduced in place on its own memory: no copy into a bucket
+    /// and back. The smaller ones go in flat buckets of at most <c>distributed:bucket_mb</c> (one native
+    /// concatenation, one in-place all-reduce, one copy back each), so a network pays one message latency per
+    /// bucket rather than per norm vector or LoRA factor.
+    /// Which path a parameter takes depends only on the parameter, so every rank makes the same calls in the same
+    /// order. A parameter that requires grad but got none on this rank (no example) adds zeros.
     /// </summary>
     public void SumGradients(IReadOnlyList<Parameter> trainable)
     {
@@ -98,9 +105,17 @@ public sealed class DataParallelism : IDisposable
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var live = trainable.Where(p => p.requires_grad).ToList();
+        var small = new List<Parameter>();
         foreach (var p in live)
-            if (p.grad is null) p.grad = torch.zeros_like(p);
-        foreach (var bucket in Buckets(live, _bucketBytes))
+        {
+            var g = p.grad;
+            if (g is null) p.grad = g = torch.zeros_like(p);
+            bool direct = p.NumberOfElements * p.ElementSize >= _directBytes && p.dtype is ScalarType.Float32 or ScalarType.Float64 && g.dtype == p.dtype;
+            if (!direct) { small.Add(p); continue; }
+            if (!g.is_contiguous()) p.grad = g = g.contiguous();
+            Communicator.AllReduceSum(g);
+        }
+        foreach (var bucket in Buckets(small, _bucketBytes))
         {
             var grads = bucket.Select(p => p.grad!).ToList();
             var dtype = grads[0].dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;

@@ -32,7 +32,7 @@ public static class DistributedLaunch
         IGradientCommunicator communicator;
         try { communicator = StartMpi(); }
         catch (DllNotFoundException e) { throw new CliException($"launched by mpiexec ({SizeVariable}={Environment.GetEnvironmentVariable(SizeVariable)}) but MPI cannot be loaded: {e.Message}"); }
-        return new DataParallelism(communicator, options.BucketBytes);
+        return new DataParallelism(communicator, options.BucketBytes, options.DirectBytes);
     }
 
     // Kept out of line so that MPI.NET (and libmpich) are loaded only when this runs.

@@ -57,6 +57,11 @@ public static class MpiRun
         File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!)
             .Where(n => n["loss"] is not null).Select(n => (n["step"]!.GetValue<int>(), n["loss"]!.GetValue<double>())).ToList();
 
+    /// <summary>(step, grad_norm) of the training lines of metrics.jsonl (the global norm before clipping).</summary>
+    public static List<(int Step, double Norm)> GradNorms(string output) =>
+        File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!)
+            .Where(n => n["grad_norm"] is not null).Select(n => (n["step"]!.GetValue<int>(), n["grad_norm"]!.GetValue<double>())).ToList();
+
     /// <summary>"rank R: optimizer state held N bytes" from a rank's output.</summary>
     public static long OptimizerBytes(string text, int rank)
     {
