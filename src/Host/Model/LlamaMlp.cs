@@ -44,8 +44,8 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, ILinearSlotOwner
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var gate = _slots["gate_proj"].Module.call(x);                     // (B, T, inner)
+        var gate = nn.functional.silu(_slots["gate_proj"].Module.call(x)); // (B, T, inner)
         var up = _slots["up_proj"].Module.call(x);                         // (B, T, inner)
-        return _slots["down_proj"].Module.call(SwiGlu.Apply(gate, up)).MoveToOuterDisposeScope();   // silu(gate) ⊙ up
+        return _slots["down_proj"].Module.call(gate * up).MoveToOuterDisposeScope();
     }
 }
