@@ -69,11 +69,17 @@ public static class DistributedLaunch
         return new StreamWriter(Path.Combine(dir, $"rank-{rank}.log"), append: false) { AutoFlush = true };
     }
 
+    /// <summary>How long a failing rank waits between writing its error and aborting the job.</summary>
+    const int AbortGraceMilliseconds = 500;
+
     /// <summary>On a fatal error of one rank: say so on stderr, then end every rank of the job (MPI_Abort) so none waits forever.</summary>
     public static void AbortJob(DataParallelism parallel, TextWriter error, string message, int exitCode)
     {
         error.WriteLine($"peft train: rank {parallel.Rank} of {parallel.WorldSize}: {message}; stopping every rank");
         error.Flush();
+        // MPI_Abort makes mpiexec tear the job down at once; under load its stdio forwarder could drop the line just
+        // written (a fresh-clone test saw an empty stderr). The job is ending anyway: give the line time to get out.
+        Thread.Sleep(AbortGraceMilliseconds);
         if (parallel.Communicator is MpiCommunicator mpi) mpi.Abort(exitCode);
     }
 }
