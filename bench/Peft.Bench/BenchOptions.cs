@@ -37,6 +37,12 @@ public sealed class BenchOptions
     /// <summary>Set in a vocabulary-scaling child: (sequence length, loss chunk tokens).</summary>
     public (int Seq, int Chunk)? VocabChild { get; private set; }
 
+    /// <summary>Parent: time a LoRA step on the vocabulary bench's shape with the frozen base in fp32 vs bf16 (<see cref="BaseDtypeSpeed"/>).</summary>
+    public bool BaseDtypeSpeed { get; private set; }
+
+    /// <summary>Set in a base-dtype child (with <see cref="VocabChild"/>): the frozen base's storage, float32 or bfloat16.</summary>
+    public string? BaseDtypeChild { get; private set; }
+
     /// <summary>Parent: after the rounds, run one diagnostic child per variant that times each phase of a step. Child: be that diagnostic.</summary>
     public bool Breakdown { get; private set; }
 
@@ -60,6 +66,7 @@ public sealed class BenchOptions
         "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
         "  --dequant           instead of training: NF4 dequantization GB/s (QLoRA plugin's CPU kernel) beside an fp32 copy of the same size\n" +
         "  --vocab-scaling     instead: peak memory of a LoRA step with vocab 128,256 at seq 256..2048, chunked loss vs full logits\n" +
+        "  --base-dtype-speed  instead: LoRA step time and peak memory with vocab 128,256, frozen base fp32 vs bf16 (alternating children)\n" +
         "                      (with --out FILE.md also FILE.png)\n" +
         "  --out FILE.md       also write the report (table, command, machine, date) to this markdown file\n" +
         "  --one VARIANT       (internal) measure one variant in this process and print one JSON line";
@@ -75,6 +82,7 @@ public sealed class BenchOptions
             string flag = args[i];
             if (flag is "--help" or "-h") { o.Help = true; continue; }
             if (flag == "--dequant") { if (o.Dequant) throw new BenchUsageException("--dequant is given twice"); o.Dequant = true; continue; }
+            if (flag == "--base-dtype-speed") { if (o.BaseDtypeSpeed) throw new BenchUsageException("--base-dtype-speed is given twice"); o.BaseDtypeSpeed = true; continue; }
             if (flag == "--vocab-scaling") { if (o.VocabScaling) throw new BenchUsageException("--vocab-scaling is given twice"); o.VocabScaling = true; continue; }
             if (flag == "--breakdown") { if (o.Breakdown) throw new BenchUsageException("--breakdown is given twice"); o.Breakdown = true; continue; }
             if (!flag.StartsWith("--", StringComparison.Ordinal))
@@ -129,6 +137,10 @@ public sealed class BenchOptions
                     if (parts.Length != 2 || !int.TryParse(parts[0], CultureInfo.InvariantCulture, out int vs) || !int.TryParse(parts[1], CultureInfo.InvariantCulture, out int vc) || vs < 2 || vs > 2048 || vc < 0)
                         throw new BenchUsageException($"--vocab-child has value '{pair}': expected SEQ,CHUNK (SEQ 2..2048, CHUNK >= 0)");
                     o.VocabChild = (vs, vc);
+                    break;
+                case "--base-dtype-child":
+                    var bd = Value();
+                    o.BaseDtypeChild = bd is "float32" or "bfloat16" ? bd : throw new BenchUsageException($"--base-dtype-child has value '{bd}': expected float32 or bfloat16");
                     break;
                 case "--one":
                     var one = Value();

@@ -61,6 +61,9 @@ public static class ChildRun
             double median = stepSeconds.Count % 2 == 1
                 ? stepSeconds[stepSeconds.Count / 2]
                 : (stepSeconds[stepSeconds.Count / 2 - 1] + stepSeconds[stepSeconds.Count / 2]) / 2;
+            var cpu = progress.StepCpuEnds;
+            var stepCpu = Enumerable.Range(o.WarmupSteps, o.Steps).Select(i => cpu[i] - cpu[i - 1]).Order().ToList();
+            double medianCpu = stepCpu.Count % 2 == 1 ? stepCpu[stepCpu.Count / 2] : (stepCpu[stepCpu.Count / 2 - 1] + stepCpu[stepCpu.Count / 2]) / 2;
             var s = result.Summary;
             return new Measurement
             {
@@ -73,6 +76,7 @@ public static class ChildRun
                 TimedSeconds = window,
                 TokensPerSecond = (double)o.BatchSize * o.SeqLen * o.Steps / window,
                 MedianStepSeconds = median,
+                MedianStepCpuSeconds = Math.Round(medianCpu, 4),
                 StepSeconds = ends.Select((end, i) => Math.Round(end - (i == 0 ? 0 : ends[i - 1]), 3)).ToList(),
                 RssBeforeTrainingBytes = rssBefore,
                 PeakRssBytes = peak,
@@ -103,14 +107,22 @@ public static class ChildRun
         return bytes + Peft.Abstractions.Quantization.QuantizedWeightBytes.Sum(model).Bytes;   // through adapters to their base
     }
 
-    /// <summary>Records the trainer's clock at the end of every optimizer step; shows nothing.</summary>
+    /// <summary>Records the trainer's clock and the process's CPU time at the end of every optimizer step; shows nothing.</summary>
     sealed class StepClock : ITrainingProgress, IProgressSink
     {
+        readonly System.Diagnostics.Process _self = System.Diagnostics.Process.GetCurrentProcess();
+
         public List<double> StepEnds { get; } = new();
+        public List<double> StepCpuEnds { get; } = new();
 
         public void Run(int startStep, int totalSteps, Action<IProgressSink> loop) => loop(this);
 
-        public void OnStep(StepReport report) => StepEnds.Add(report.Elapsed.TotalSeconds);
+        public void OnStep(StepReport report)
+        {
+            StepEnds.Add(report.Elapsed.TotalSeconds);
+            _self.Refresh();
+            StepCpuEnds.Add(_self.TotalProcessorTime.TotalSeconds);
+        }
 
         public void WriteLine(string message) { }
     }

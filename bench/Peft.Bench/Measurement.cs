@@ -24,6 +24,12 @@ public sealed record Measurement
     [JsonPropertyName("tokens_per_second")] public double TokensPerSecond { get; init; }
     [JsonPropertyName("median_step_seconds")] public double MedianStepSeconds { get; init; }
 
+    /// <summary>
+    /// Median over the timed steps of the process's CPU seconds (user + system, every thread) per step: with one
+    /// torch thread, the step's own work, much less disturbed than wall time by other processes on a shared machine.
+    /// </summary>
+    [JsonPropertyName("median_step_cpu_seconds")] public double? MedianStepCpuSeconds { get; init; }
+
     /// <summary>With --breakdown: median seconds of each phase of a step (forward, loss, backward, clip, optimizer).</summary>
     [JsonPropertyName("phase_median_seconds")] public IReadOnlyDictionary<string, double>? PhaseMedianSeconds { get; init; }
 

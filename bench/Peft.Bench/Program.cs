@@ -31,7 +31,9 @@ if (options.VocabChild is { } vocabChild)
 {
     try
     {
-        Console.WriteLine(VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options).ToLine());
+        Console.WriteLine((options.BaseDtypeChild is { } baseDtype
+            ? Peft.Bench.BaseDtypeSpeed.MeasureChild(vocabChild.Seq, vocabChild.Chunk, baseDtype, options)
+            : VocabScaling.MeasureChild(vocabChild.Seq, vocabChild.Chunk, options)).ToLine());
         return 0;
     }
     catch (Exception e)
@@ -41,6 +43,7 @@ if (options.VocabChild is { } vocabChild)
     }
 }
 if (options.VocabScaling) return VocabScaling.Run(options, args);
+if (options.BaseDtypeSpeed) return Peft.Bench.BaseDtypeSpeed.Run(options, args);
 
 if (options.One is { } one)
 {
@@ -103,7 +106,7 @@ static class Parent
                     continue;
                 }
                 Console.WriteLine(string.Create(Inv,
-                    $"round {round}/{o.Rounds} {variant.Name,-8} {measurement.TokensPerSecond,8:0} tok/s  median step {measurement.MedianStepSeconds:0.000} s  " +
+                    $"round {round}/{o.Rounds} {variant.Name,-8} {measurement.TokensPerSecond,8:0} tok/s  median step {measurement.MedianStepSeconds:0.000} s{(measurement.MedianStepCpuSeconds is { } c ? $" (cpu {c:0.000} s)" : "")}  " +
                     $"peak RSS {measurement.PeakRssBytes / 1048576.0:0} MiB (before training {measurement.RssBeforeTrainingBytes / 1048576.0:0} MiB)  " +
                     $"loss {measurement.FirstLoss:0.000} -> {measurement.LastLoss:0.000}"));
             }

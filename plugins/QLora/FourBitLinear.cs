@@ -21,7 +21,7 @@ namespace Peft.Plugins.QLora;
 /// TorchSharp's custom-function machinery keeps per call; the layer picks the smaller (see <see cref="forward"/>). The packed bytes and
 /// statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
 /// </summary>
-public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear, IQuantizedWeightBytes
+public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
 {
     FourBitWeights _weights;
     readonly IFourBitKernels _kernels;
@@ -71,7 +71,7 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear,
     /// <summary>Bytes held for the weight (packed codes + statistics), bias excluded.</summary>
     public long WeightStorageBytes => _weights.StorageBytes;
 
-    /// <summary><see cref="WeightStorageBytes"/>, for memory reports (<see cref="QuantizedWeightBytes.Sum"/>).</summary>
+    /// <summary><see cref="WeightStorageBytes"/>: the one count of every memory report (<see cref="QuantizedWeightBytes.Sum"/>) and of the planner.</summary>
     public long QuantizedBytes => _weights.StorageBytes;
     public long QuantizedWeightCount => _weights.Count;
 

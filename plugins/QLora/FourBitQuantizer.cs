@@ -28,15 +28,17 @@ public abstract class FourBitQuantizer : IQuantizer, IQuantizedCheckpointReader
     }
 
     /// <summary>
-    /// The tensors a quantized (out, in) weight holds (<see cref="FourBitWeights.Tensors"/>): packed codes ceil(n/2) bytes;
-    /// with double quantization one uint8 absmax per block and one fp32 nested absmax per 256 blocks, else one fp32
-    /// absmax per block.
+    /// What a quantized (out, in) weight will hold, <see cref="FourBitWeights.StorageBytes"/> (= the layer's
+    /// <c>QuantizedBytes</c>) to the byte: packed codes ceil(n/2) bytes; with double quantization one uint8 absmax per
+    /// block, one fp32 nested absmax per 256 blocks and the fp32 nested offset, else one fp32 absmax per block. The
+    /// code tables are the shared constants (quantizing in memory never makes a per-layer table).
     /// </summary>
     public (long Codes, long Statistics)? QuantizedBytes(LinearSlot slot, IConfiguration options)
     {
         var o = FourBitQuantizationOptions.FromConfiguration(options);
         long n = slot.InFeatures * slot.OutFeatures, blocks = (n + o.BlockSize - 1) / o.BlockSize;
-        return ((n + 1) / 2, o.DoubleQuant ? blocks + (blocks + FourBitWeights.NestedBlockSize - 1) / FourBitWeights.NestedBlockSize * 4 : blocks * 4);
+        long nestedBlocks = (blocks + FourBitWeights.NestedBlockSize - 1) / FourBitWeights.NestedBlockSize;
+        return ((n + 1) / 2, o.DoubleQuant ? blocks + nestedBlocks * 4 + sizeof(float) : blocks * 4);
     }
 
     public static double BitsPerParameter(int blockSize, bool doubleQuant) =>

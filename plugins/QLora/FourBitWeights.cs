@@ -66,7 +66,13 @@ public sealed class FourBitWeights : IDisposable
 
     public float[] Codes => FourBitCodebook.Codes(Type);
 
-    /// <summary>Bytes held by this weight's own tensors and scalars (code tables are shared constants, not counted).</summary>
+    /// <summary>
+    /// Bytes this weight holds (the layer's <c>IQuantizedWeightBytes.QuantizedBytes</c>, the one count every memory
+    /// report and the planner use): its tensors (<see cref="Tensors"/>), the fp32 nested offset, and a nested map of its
+    /// own (one loaded from a checkpoint that differs from bitsandbytes' map). The NF4/FP4 code book and the standard
+    /// dynamic map are shared process-wide constants (a loaded <c>quant_map</c> must equal the code book; a loaded
+    /// <c>nested_quant_map</c> equal to the standard map is replaced by the shared one), so no layer holds them.
+    /// </summary>
     public long StorageBytes =>
         Packed.NumberOfElements * Packed.ElementSize
         + (Absmax is null ? 0 : Absmax.NumberOfElements * 4)

@@ -10,7 +10,7 @@ namespace Peft.Abstractions.Quantization;
 /// <c>weight</c> packed uint8, <c>weight.absmax</c>, <c>weight.quant_map</c>, <c>weight.nested_absmax</c>,
 /// <c>weight.nested_quant_map</c>, <c>weight.quant_state.bitsandbytes__nf4</c>), so it loads back without re-quantizing.
 /// </summary>
-public interface IQuantizedLinear : ILinearLayer
+public interface IQuantizedLinear : ILinearLayer, IQuantizedWeightBytes
 {
     /// <summary>The quantizer that reads these tensors back (<see cref="IQuantizedCheckpointReader.LoadQuantized"/>).</summary>
     string QuantizerName { get; }

@@ -18,8 +18,9 @@ public interface IQuantizer
     double BitsPerParameter(IConfiguration options);
 
     /// <summary>
-    /// The exact bytes of the tensors a quantized <paramref name="slot"/> holds: (codes, statistics), for the memory
-    /// planner; null (the default) lets the planner use <see cref="BitsPerParameter"/>.
+    /// The exact bytes a quantized <paramref name="slot"/> will hold, (codes, statistics), for the memory planner:
+    /// codes + statistics must equal the layer's <see cref="IQuantizedWeightBytes.QuantizedBytes"/> (the one count
+    /// training reports) to the byte. Null (the default) lets the planner use <see cref="BitsPerParameter"/>.
     /// </summary>
     (long Codes, long Statistics)? QuantizedBytes(LinearSlot slot, IConfiguration options) => null;
 

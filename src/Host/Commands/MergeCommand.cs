@@ -16,11 +16,13 @@ public sealed class MergeCommand : ICliCommand
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "--overwrite", "--requantize" };
 
     public string Help =>
-        "usage: peft merge --model DIR --adapter DIR --out DIR [--overwrite] [--quantize NAME [--block-size N] [--double-quant BOOL]] [--requantize] [--plugins DIR]...\n\n" +
+        "usage: peft merge --model DIR --adapter DIR --out DIR [--dtype DTYPE] [--overwrite] [--quantize NAME [--block-size N] [--double-quant BOOL]] [--requantize] [--plugins DIR]...\n\n" +
         "Loads the base model and the adapter, merges W' = W + scaling * B @ A (a safe merge: it refuses\n" +
         "non-finite results), drops the adapter layers, and writes a complete HF model folder (config.json,\n" +
         "model.safetensors in the base model's dtype, the tokenizer files) that transformers and 'peft eval' load.\n" +
-        "The output appears complete or not at all.\n" +
+        "The output appears complete or not at all. The base is read in the output dtype (a bf16 folder stays bf16:\n" +
+        "each layer's W + s·BA is computed in fp32 and rounded once, as PEFT's merge_and_unload keeps the dtype) and\n" +
+        "written tensor by tensor, so memory is about the base model in its own dtype plus one layer in fp32.\n" +
         "On a quantized base (--quantize, or a folder written by 'peft quantize'), the base is dequantized and the\n" +
         "adapter added in fp32: the merged model is full precision. --requantize quantizes the merged weights again\n" +
         "and writes a quantized folder: smaller, but lossy (see docs/benchmarks.md for the measured loss).\n\n" +
@@ -29,6 +31,8 @@ public sealed class MergeCommand : ICliCommand
         AdapterAttachment.Help + "\n" +
         "  --out DIR      the merged model folder to write (written under a temporary name, then renamed; an existing\n" +
         "                 one is replaced only if it holds nothing but a model folder's files; never an input folder)\n" +
+        "  --dtype DTYPE  dtype of the merged weights: float32, bfloat16 or float16 (default: the base folder's dtype;\n" +
+        "                 float32 when its tensors mix dtypes)\n" +
         "  --overwrite    replace --out even if it holds files merge did not write\n" +
         "  --plugins DIR  also load plugins from DIR, for the adapter's method (repeatable)\n" +
         QuantizeArgs.Help + "\n" +
@@ -45,14 +49,24 @@ public sealed class MergeCommand : ICliCommand
         var overwrite = args.Flag("--overwrite");
         var quantize = QuantizeArgs.Parse(Name, args);
         bool requantize = args.Flag("--requantize");
+        var dtypeName = args.Optional("--dtype");
         args.ThrowOnUnused();
+        TorchSharp.torch.ScalarType? dtype = null;
+        if (dtypeName is not null)
+        {
+            try { dtype = HfModelFolder.ParseDtype(dtypeName); }
+            catch (ArgumentException) { throw new CliException($"{Name}: option '--dtype' has value '{dtypeName}': expected float32, bfloat16 or float16"); }
+        }
         OutputFolderGuard.CheckModelFolderTarget(Name, "--out", outDir, overwrite, ("--model", modelDir), ("--adapter", adapterDir));
 
         var quantizedFolder = Directory.Exists(modelDir) ? QuantizedModelFolder.ReadQuantizationConfig(modelDir) : null;
         if (quantize is null && quantizedFolder is null)
         {
             if (requantize) throw new CliException($"{Name}: flag '--requantize' needs a quantized base (--quantize NAME or a folder written by 'peft quantize')");
-            var (model, _) = ModelFolderArgs.Open(Name, modelDir);
+            // Read in the output dtype (the folder's own when it has one): W' = W + s·BA is computed in fp32 per layer
+            // and stored in that dtype, so no fp32 copy of the whole model exists; saving streams tensor by tensor.
+            var storage = dtype ?? (Directory.Exists(modelDir) ? HfModelFolder.StoredDtype(modelDir) : null) ?? TorchSharp.torch.ScalarType.Float32;
+            var (model, _) = ModelFolderArgs.Open(Name, modelDir, storageDtype: storage);
             using (model)
             {
                 var (catalog, adapter) = AdapterAttachment.Attach(Name, adapterDir, model, context, pluginConfig);
@@ -67,6 +81,7 @@ public sealed class MergeCommand : ICliCommand
         }
         else
         {
+            if (dtype is not null) throw new CliException($"{Name}: option '--dtype' applies to a full-precision base; a quantized base is merged in fp32 (or --requantize)");
             if (!Directory.Exists(adapterDir)) throw new CliException($"{Name}: option '--adapter': '{adapterDir}' is not a folder");
             using var catalog = PluginCatalog.LoadForHost(context.BaseDirectory, pluginConfig);
             var (model, _) = ModelFolderArgs.Open(Name, modelDir, catalog);

@@ -14,8 +14,11 @@ internal static class ModelFolderArgs
     /// plugin that reads it, so it needs <paramref name="catalog"/>. With <paramref name="keepStoredDtype"/> (eval,
     /// generate: nothing trains) a folder stored entirely in bf16/fp16 keeps its weights in that dtype (half the
     /// memory of fp32; the layers compute in fp32 either way, so the logits are the same); otherwise weights are fp32.
+    /// <paramref name="storageDtype"/>, when given, is the dtype a full-precision folder's weights are read into
+    /// (tensor by tensor, converted in chunks: no fp32 copy of the model when it is bf16).
     /// </summary>
-    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null, bool keepStoredDtype = false)
+    public static (LlamaForCausalLM Model, ITextTokenizer Tokenizer) Open(string verb, string dir, PluginCatalog? catalog = null, bool keepStoredDtype = false,
+                                                                         TorchSharp.torch.ScalarType? storageDtype = null)
     {
         if (!Directory.Exists(dir)) throw new CliException($"{verb}: option '--model': '{dir}' is not a folder");
         var config = LlamaConfig.Load(Path.Combine(dir, HfModelFolder.ConfigFile));
@@ -27,7 +30,7 @@ internal static class ModelFolderArgs
             throw new CliException($"{verb}: the tokenizer in {dir} has {tokenizer.VocabSize} tokens but config.json has vocab_size {config.VocabSize}");
         LlamaForCausalLM model;
         if (QuantizedModelFolder.ReadQuantizationConfig(dir) is null)
-            model = HfModelFolder.Load(dir, keepStoredDtype && HfModelFolder.StoredDtype(dir) is { } stored ? stored : TorchSharp.torch.ScalarType.Float32);
+            model = HfModelFolder.Load(dir, storageDtype ?? (keepStoredDtype && HfModelFolder.StoredDtype(dir) is { } stored ? stored : TorchSharp.torch.ScalarType.Float32));
         else if (catalog is null) throw new CliException($"{verb}: '{dir}' is a quantized model folder; loading it needs the quantizer plugins");
         else model = QuantizedModelFolder.Load(dir, catalog);
         if (NonFiniteValuesException.FirstNonFinite(model.named_parameters().Select(p => (p.name, (TorchSharp.torch.Tensor)p.parameter))) is { } bad)

@@ -69,7 +69,10 @@ public sealed class QuantizeCommand : ICliCommand
         if (quantizer is not IQuantizedCheckpointReader writer)
             throw new CliException($"{Name}: option '--method': quantizer '{method}' has no saved layout (it cannot be written to a model folder)");
 
-        var (model, _) = ModelFolderArgs.Open(Name, modelDir);
+        // Read in the folder's own dtype (a bf16 folder: no fp32 copy of the model); each quantized layer replaces and
+        // frees its full-precision one as it goes, and the folder is written tensor by tensor. Tensors that stay
+        // full precision keep the folder's dtype, as transformers' torch_dtype does.
+        var (model, _) = ModelFolderArgs.Open(Name, modelDir, keepStoredDtype: true);
         using (model)
         {
             PeftComposer.ApplyQuantization(quantizer, section, model);

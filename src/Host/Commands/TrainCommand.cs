@@ -111,7 +111,9 @@ public sealed class TrainCommand : ICliCommand
             log.WriteLine($"rank {parallel.Rank} of {parallel.WorldSize} (pid {Environment.ProcessId}, {parallel.Communicator.Transport}): global batch {cfg.Training.BatchSize}, {cfg.Training.BatchSize / parallel.WorldSize} examples per rank" +
                           (distributed.Zero == 1 ? ", ZeRO-1 optimizer-state sharding" : ""));
 
-        var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir, catalog);
+        // base_dtype bfloat16 with a method: the frozen base is read straight into bf16 (no fp32 copy of the model; see ModelPreparation.LoadDtype)
+        var loadDtype = ModelPreparation.LoadDtype(cfg.Training, plan, Directory.Exists(modelDir) ? HfModelFolder.StoredDtype(modelDir) : null);
+        var (model, tokenizer) = ModelFolderArgs.Open(Name, modelDir, catalog, storageDtype: loadDtype);
         using (model)
         {
             // The seed fixes the adapter's initialisation as well as dropout and data order.

@@ -146,32 +146,34 @@ public static class QuantizedModelFolder
 
     /// <summary>
     /// Write <paramref name="model"/> with its quantized slots as they are held (<see cref="IQuantizedLinear.CheckpointTensors"/>)
-    /// and <paramref name="quantizationConfig"/> in config.json; every other tensor in fp32. Atomic, like <see cref="HfModelFolder.Write"/>.
+    /// and <paramref name="quantizationConfig"/> in config.json; every other tensor in the model's storage dtype. Atomic, like <see cref="HfModelFolder.Write"/>.
     /// </summary>
     public static void Save(LlamaForCausalLM model, string dir, JsonObject quantizationConfig, IReadOnlyList<string>? tokenizerFiles = null)
     {
-        var tensors = HfModelFolder.StateDict(model);
+        // Streamed like HfModelFolder.Save: full-precision tensors are made one at a time as the writer reaches them;
+        // a quantized slot's saved tensors (codes and statistics, a few bits per weight) are made up front.
+        var entries = HfModelFolder.StateEntries(model, model.StorageDtype);
+        var held = new List<Tensor>();
         try
         {
             foreach (var slot in model.LinearSlots)
             {
                 if (model.GetLinear(slot.Name) is not IQuantizedLinear q) continue;
-                for (int i = tensors.Count - 1; i >= 0; i--)
-                    if (tensors[i].Name == slot.Name + ".weight" || tensors[i].Name == slot.Name + ".bias")
-                    {
-                        tensors[i].Tensor.Dispose();
-                        tensors.RemoveAt(i);
-                    }
-                foreach (var (suffix, t) in q.CheckpointTensors()) tensors.Add(($"{slot.Name}.{suffix}", t));
+                entries.RemoveAll(e => e.Name == slot.Name + ".weight" || e.Name == slot.Name + ".bias");
+                foreach (var (suffix, t) in q.CheckpointTensors())
+                {
+                    held.Add(t);
+                    entries.Add(new Safetensors.TensorEntry($"{slot.Name}.{suffix}", t.dtype, t.shape, () => t.detach()));
+                }
             }
             var json = JsonNode.Parse(model.Config.ToJson(HfModelFolder.DtypeName(model.StorageDtype)))!.AsObject();
             json[ConfigKey] = quantizationConfig.DeepClone();
             var config = LlamaConfig.FromJson(json.ToJsonString(), Path.Combine(dir, HfModelFolder.ConfigFile));
-            HfModelFolder.Write(dir, config, HfModelFolder.DtypeName(model.StorageDtype), tensors, tokenizerFiles: tokenizerFiles);
+            HfModelFolder.WriteStreamed(dir, config, HfModelFolder.DtypeName(model.StorageDtype), entries, tokenizerFiles: tokenizerFiles);
         }
         finally
         {
-            foreach (var (_, t) in tensors) t.Dispose();
+            foreach (var t in held) t.Dispose();
         }
     }
 

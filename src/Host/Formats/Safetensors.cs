@@ -108,7 +108,30 @@ public static class Safetensors
     /// </summary>
     public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
+        // Each tensor is written from its own storage (a new handle, freed after its bytes are written; the caller keeps its tensor).
+        var entries = tensors.Select(kv => new TensorEntry(kv.Key, kv.Value.dtype, kv.Value.shape, () => kv.Value.detach())).ToList();
+        SaveStreamed(path, entries, metadata);
+    }
+
+    /// <summary>
+    /// One tensor of a file written by <see cref="SaveStreamed"/>: its name, dtype and shape (the header is written
+    /// first) and how to produce it when its turn comes. The writer disposes what <see cref="Produce"/> returns.
+    /// </summary>
+    public sealed record TensorEntry(string Name, ScalarType DType, long[] Shape, Func<Tensor> Produce)
+    {
+        public long Bytes => Shape.Aggregate(1L, (a, b) => a * b) * (ElementSize(FromScalarType(DType)) ?? throw new ArgumentException($"dtype {DType}"));
+    }
+
+    /// <summary>
+    /// Write a file tensor by tensor: the header from the declared names, dtypes and shapes (names sorted, data in
+    /// that order, as <see cref="Save"/> always wrote), then each tensor produced, its bytes written in chunks of at
+    /// most 16 MiB straight from its storage, and freed before the next one is produced. Peak extra memory is the
+    /// largest tensor produced, not the file. A produced tensor whose dtype or shape differs from its declaration is
+    /// an error (the header would lie). Written to a temporary name and renamed (<see cref="AtomicFile.Write"/>).
+    /// </summary>
+    public static void SaveStreamed(string path, IReadOnlyList<TensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var ordered = tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         var header = new JsonObject();
         if (metadata is { Count: > 0 })
         {
@@ -117,20 +140,17 @@ public static class Safetensors
             header["__metadata__"] = meta;
         }
         long offset = 0;
-        var blobs = new List<byte[]>(names.Count);
-        foreach (var name in names)
+        foreach (var t in ordered)
         {
-            var t = tensors[name];
-            using var cpu = t.device_type == DeviceType.CPU ? t.detach().contiguous() : t.detach().cpu().contiguous();
-            var data = cpu.bytes.ToArray();
-            blobs.Add(data);
-            header[name] = new JsonObject
+            if (header.ContainsKey(t.Name)) throw new ArgumentException($"tensor '{t.Name}' is listed twice");
+            long bytes = t.Bytes;
+            header[t.Name] = new JsonObject
             {
-                ["dtype"] = FromScalarType(t.dtype),
-                ["shape"] = new JsonArray(t.shape.Select(d => (JsonNode)d).ToArray()),
-                ["data_offsets"] = new JsonArray(offset, offset + data.Length),
+                ["dtype"] = FromScalarType(t.DType),
+                ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode)d).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
-            offset += data.Length;
+            offset += bytes;
         }
         var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
         int pad = (8 - headerBytes.Length % 8) % 8; // the reference pads the header with spaces to 8 bytes
@@ -144,8 +164,32 @@ public static class Safetensors
             BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded.Length);
             fs.Write(len);
             fs.Write(padded);
-            foreach (var b in blobs) fs.Write(b);
+            foreach (var entry in ordered)
+            {
+                using var produced = entry.Produce();
+                if (produced.dtype != entry.DType || !produced.shape.SequenceEqual(entry.Shape))
+                    throw new InvalidOperationException(
+                        $"tensor '{entry.Name}' was declared {entry.DType} [{string.Join(", ", entry.Shape)}] but produced {produced.dtype} [{string.Join(", ", produced.shape)}]");
+                WriteBytes(fs, produced);
+            }
         });
+    }
+
+    /// <summary>A tensor's bytes, from its own storage when it is contiguous on the CPU, in chunks (a span is at most 2 GiB).</summary>
+    static void WriteBytes(Stream fs, Tensor t)
+    {
+        long count = t.numel();
+        if (count == 0) return;
+        using var scope = torch.NewDisposeScope();
+        var cpu = t.device_type == DeviceType.CPU ? t.detach() : t.detach().cpu();
+        if (!cpu.is_contiguous()) cpu = cpu.contiguous();
+        var flat = cpu.reshape(-1);
+        long chunk = Math.Max(1, (16L << 20) / cpu.ElementSize);
+        for (long start = 0; start < count; start += chunk)
+        {
+            using var part = flat.narrow(0, start, Math.Min(chunk, count - start));
+            fs.Write(part.bytes);
+        }
     }
 
     public static int? ElementSize(string dtype) => dtype switch

@@ -51,6 +51,9 @@ public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStora
         bias is not null ? throw new InvalidOperationException("a layer with a bias is not a dense x W^T")
         : weight.dtype == dtype ? weight : weight.to(dtype);
 
+    Tensor IDenseLinear.StoredWeight =>
+        bias is not null ? throw new InvalidOperationException("a layer with a bias is not a dense x W^T") : weight;
+
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {
         using var _ = torch.no_grad();

@@ -215,14 +215,54 @@ public static class HfModelFolder
     public static void Save(LlamaForCausalLM model, string dir, string? tokenizerModelPath = null, long? maxShardBytes = null,
                             IReadOnlyList<string>? tokenizerFiles = null)
     {
-        var tensors = StateDict(model);
-        try
+        // Streamed: each tensor is made (a slot's dense weight, a parameter in the storage dtype) when the writer
+        // reaches it and freed after its bytes are written, so saving needs one tensor's worth of memory, not a copy of the model.
+        WriteStreamed(dir, model.Config, DtypeName(model.StorageDtype), StateEntries(model, model.StorageDtype), tokenizerModelPath, maxShardBytes, tokenizerFiles);
+    }
+
+    /// <summary>
+    /// The tensors <see cref="Save"/> writes, in model order, each made when the writer asks for it: a parameter
+    /// already in <paramref name="dtype"/> on the CPU is written from its own storage (no copy); a linear slot is
+    /// written as its <see cref="ILinearLayer.DenseWeight"/> (one layer's copy at a time).
+    /// </summary>
+    public static List<Safetensors.TensorEntry> StateEntries(LlamaForCausalLM model, ScalarType dtype)
+    {
+        var result = new List<Safetensors.TensorEntry>();
+        Safetensors.TensorEntry Param(string name, Tensor p) => new(name, dtype, p.shape, () =>
         {
-            Write(dir, model.Config, DtypeName(model.StorageDtype), tensors, tokenizerModelPath, maxShardBytes, tokenizerFiles);
+            using var _ = torch.no_grad();
+            var d = p.detach();
+            if (d.dtype == dtype && d.device_type == DeviceType.CPU) return d;
+            using (d) return d.to(dtype).cpu();
+        });
+
+        result.Add(Param("model.embed_tokens.weight", model.EmbeddingWeight));
+        for (int i = 0; i < model.Config.NumHiddenLayers; i++)
+        {
+            var prefix = $"model.layers.{i}.";
+            foreach (var slot in new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj" })
+                AddLinear(prefix + slot);
+            foreach (var (name, p) in model.named_parameters())
+                if (name.StartsWith(prefix, StringComparison.Ordinal) && name.EndsWith("layernorm.weight", StringComparison.Ordinal))
+                    result.Add(Param(name, p));
         }
-        finally
+        result.Add(Param("model.norm.weight", model.named_parameters().First(p => p.name == "model.norm.weight").parameter));
+        if (!model.Config.TieWordEmbeddings) AddLinear(LlamaForCausalLM.HeadName);
+        return result;
+
+        void AddLinear(string name)
         {
-            foreach (var (_, t) in tensors) t.Dispose();
+            var layer = model.GetLinear(name);
+            result.Add(new($"{name}.weight", dtype, [layer.OutFeatures, layer.InFeatures], () =>
+            {
+                // a plain layer already in the dtype: its own storage (a 128,256-row head is not copied); else one new tensor
+                if (layer is BaseLinear plain && plain.Weight.dtype == dtype && plain.Weight.device_type == DeviceType.CPU) return plain.Weight.detach();
+                var w = layer.DenseWeight(dtype);
+                if (w.device_type == DeviceType.CPU) return w;
+                using (w) return w.cpu();
+            }));
+            if (layer.Bias is { } b) result.Add(Param($"{name}.bias", b));
         }
     }
 
@@ -259,9 +299,20 @@ public static class HfModelFolder
         }
     }
 
-    /// <summary>Write a folder from tensors already named as HF names them (shared by <see cref="Save"/> and the importers).</summary>
+    /// <summary>Write a folder from tensors already named as HF names them (the importers); see <see cref="WriteStreamed"/>.</summary>
     public static void Write(string dir, LlamaConfig config, string torchDtype, IReadOnlyList<(string Name, Tensor Tensor)> tensors,
-                             string? tokenizerModelPath = null, long? maxShardBytes = null, IReadOnlyList<string>? tokenizerFiles = null)
+                             string? tokenizerModelPath = null, long? maxShardBytes = null, IReadOnlyList<string>? tokenizerFiles = null) =>
+        WriteStreamed(dir, config, torchDtype,
+            tensors.Select(x => new Safetensors.TensorEntry(x.Name, x.Tensor.dtype, x.Tensor.shape, () => x.Tensor.detach())).ToList(),
+            tokenizerModelPath, maxShardBytes, tokenizerFiles);
+
+    /// <summary>
+    /// Write a folder, atomically, from tensors produced one at a time (<see cref="Safetensors.SaveStreamed"/>):
+    /// config.json, one weights file or shards of at most <paramref name="maxShardBytes"/> planned from the declared
+    /// sizes in tensor order (as HF's save_pretrained does) plus the index, and the tokenizer files.
+    /// </summary>
+    public static void WriteStreamed(string dir, LlamaConfig config, string torchDtype, IReadOnlyList<Safetensors.TensorEntry> tensors,
+                                     string? tokenizerModelPath = null, long? maxShardBytes = null, IReadOnlyList<string>? tokenizerFiles = null)
     {
         if (maxShardBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive");
         if (tokenizerModelPath is not null && !File.Exists(tokenizerModelPath))
@@ -269,11 +320,11 @@ public static class HfModelFolder
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
 
         // Plan shards in tensor order, as HF's save_pretrained does: start a new shard when the next tensor would overflow.
-        var shards = new List<List<(string Name, Tensor Tensor)>> { new() };
+        var shards = new List<List<Safetensors.TensorEntry>> { new() };
         long current = 0;
         foreach (var item in tensors)
         {
-            long bytes = item.Tensor.numel() * item.Tensor.ElementSize;
+            long bytes = item.Bytes;
             if (maxShardBytes is long max && current > 0 && current + bytes > max)
             {
                 shards.Add(new());
@@ -288,7 +339,7 @@ public static class HfModelFolder
             File.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToJson(torchDtype));
             if (shards.Count == 1)
             {
-                Safetensors.Save(Path.Combine(tmp, WeightsFile), shards[0].ToDictionary(x => x.Name, x => x.Tensor), metadata);
+                Safetensors.SaveStreamed(Path.Combine(tmp, WeightsFile), shards[0], metadata);
             }
             else
             {
@@ -297,11 +348,11 @@ public static class HfModelFolder
                 for (int s = 0; s < shards.Count; s++)
                 {
                     var file = $"model-{s + 1:D5}-of-{shards.Count:D5}.safetensors";
-                    Safetensors.Save(Path.Combine(tmp, file), shards[s].ToDictionary(x => x.Name, x => x.Tensor), metadata);
-                    foreach (var (name, t) in shards[s])
+                    Safetensors.SaveStreamed(Path.Combine(tmp, file), shards[s], metadata);
+                    foreach (var t in shards[s])
                     {
-                        weightMap[name] = file;
-                        total += t.numel() * t.ElementSize;
+                        weightMap[t.Name] = file;
+                        total += t.Bytes;
                     }
                 }
                 var sortedMap = new JsonObject();

@@ -27,4 +27,7 @@ public interface IDenseLinear
 {
     /// <summary>W (out, in) in <paramref name="dtype"/>: the parameter itself, or a differentiable cast of it.</summary>
     Tensor ComputeWeight(ScalarType dtype);
+
+    /// <summary>W (out, in) as it is stored (the parameter itself, perhaps bf16): a frozen low-precision head is read in blocks, never cast whole.</summary>
+    Tensor StoredWeight { get; }
 }

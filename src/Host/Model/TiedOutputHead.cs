@@ -42,6 +42,9 @@ public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer, ID
         return e.dtype == dtype ? e : e.to(dtype);
     }
 
+    /// <summary>The embedding itself: tying never makes a second vocab × hidden tensor.</summary>
+    Tensor IDenseLinear.StoredWeight => _embedding();
+
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {
         using var _ = torch.no_grad();

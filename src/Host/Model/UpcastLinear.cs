@@ -11,8 +11,15 @@ namespace Peft.Host.Model;
 /// <code>
 ///   y[..., r0:r1] = x · W[r0:r1].to(x.dtype)ᵀ (+ b[r0:r1])        W (out, in), block ≤ 4M weights (16 MiB of fp32)
 /// </code>
-/// With autograd recording (training on a bf16 base), the cast copy is what linear saves for its backward, so the
-/// plain cast is kept there.
+/// With autograd recording (training on a bf16 base) a plain <c>linear(x, W.to(fp32))</c> would keep the fp32 copy
+/// of W for its backward until the step's backward reaches the layer: every frozen layer's copy alive at once, a
+/// whole fp32 model. A frozen W (no gradient) goes through <see cref="FrozenUpcastFunction"/> instead, which keeps
+/// only the stored (bf16) W and casts it again in backward:
+/// <code>
+///   forward   y  = x · W.to(fp32)ᵀ + b        the fp32 copy freed at once
+///   backward  ∂x = ∂y · W.to(fp32)            the fp32 copy freed at once; ∂b = Σ ∂y when b trains
+/// </code>
+/// The same operations as with an fp32-stored W, so the same values; one layer's fp32 copy exists at a time.
 /// </summary>
 internal static class UpcastLinear
 {
@@ -26,6 +33,8 @@ internal static class UpcastLinear
         long outF = weight.shape[0], inF = weight.shape[1];
         long rows = Math.Max(1, blockWeights / inF);
         bool recording = torch.is_grad_enabled() && (x.requires_grad || weight.requires_grad);
+        if (recording && !weight.requires_grad)
+            return (b is null ? FrozenUpcastFunction.apply(x, weight) : FrozenUpcastFunction.apply(x, weight, b)).MoveToOuterDisposeScope();
         if (recording || rows >= outF) return nn.functional.linear(x, weight.to(x.dtype), b).MoveToOuterDisposeScope();
 
         var shape = x.shape.ToArray();
@@ -39,5 +48,36 @@ internal static class UpcastLinear
             y.narrow(-1, r0, n).copy_(part);
         }
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>y = x · W.to(x.dtype)ᵀ + b for a frozen low-precision W, saving W as stored (see the class comment).</summary>
+    sealed class FrozenUpcastFunction : autograd.SingleTensorFunction<FrozenUpcastFunction>
+    {
+        public override string Name => nameof(FrozenUpcastFunction);
+
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var x = (Tensor)vars[0];
+            var weight = (Tensor)vars[1];
+            var bias = vars.Length > 2 ? (Tensor)vars[2] : null;
+            using var scope = torch.NewDisposeScope();
+            var y = nn.functional.linear(x, weight.to(x.dtype), bias);
+            ctx.save_for_backward([weight]);
+            ctx.save_data("bias", bias is null ? 0 : bias.requires_grad ? 2 : 1);
+            ctx.save_data("input_dtype", x.dtype);
+            return y.MoveToOuterDisposeScope();
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            using var scope = torch.NewDisposeScope();
+            var weight = ctx.get_saved_variables()[0];
+            var dtype = (ScalarType)ctx.get_data("input_dtype");
+            var gradInput = gradOutput.matmul(weight.to(dtype)).MoveToOuterDisposeScope();      // (..., out) · (out, in)
+            int bias = (int)ctx.get_data("bias");
+            if (bias == 0) return [gradInput, null!];
+            var gradBias = bias == 2 ? gradOutput.reshape(-1, gradOutput.shape[^1]).sum(0).MoveToOuterDisposeScope() : null;
+            return [gradInput, null!, gradBias!];
+        }
     }
 }

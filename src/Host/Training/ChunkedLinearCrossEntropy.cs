@@ -21,6 +21,17 @@ namespace Peft.Host.Training;
 /// backward, as Liger does); backward only scales them by the incoming ∂loss/∂L (1/tokens of the step). A head that
 /// is not one dense weight (an adapter on lm_head, a quantized head) runs chunk by chunk through
 /// <see cref="ActivationCheckpoint"/> instead: same memory bound, one extra head forward per chunk in backward.
+/// <para>
+/// A frozen head stored in bf16/fp16 (a bf16 folder's 128,256 × d embedding, tied or not) is never cast whole to
+/// fp32: each chunk reads W in blocks of rows, cast to fp32 one block at a time (≤ 4M weights, 16 MiB), so the
+/// products and the softmax are fp32 exactly as with an fp32 copy of W (the same values: bf16 → fp32 is exact):
+/// <code>
+///   z_c[:, r0:r1]  = h_c · W[r0:r1].to(fp32)ᵀ            (C, R)   forward logits, block by block
+///   ∂L/∂h_c       = Σ_blocks g_c[:, r0:r1] · W[r0:r1].to(fp32)     (C, D)
+/// </code>
+/// Casting per chunk costs 2·V·D conversions per chunk against the 3·C·V·D multiply-adds of the chunk (a relative
+/// cost of about 1/C); holding one fp32 copy per step instead would cost V·D·4 bytes (2 GiB at d = 4096).
+/// </para>
 /// </summary>
 public static class ChunkedLinearCrossEntropy
 {
@@ -36,6 +47,10 @@ public static class ChunkedLinearCrossEntropy
         if (chunkTokens < 1) throw new ArgumentOutOfRangeException(nameof(chunkTokens), $"chunk of {chunkTokens} tokens");
         if (head is IDenseLinear dense && head.Bias is null)
         {
+            var stored = dense.StoredWeight;
+            // a frozen bf16 head, or any bf16 head when nothing records (eval: parameters keep requires_grad): cast block by block
+            if (stored.dtype != hidden.dtype && (!stored.requires_grad || !torch.is_grad_enabled()))
+                return Dense(hidden, stored, targets, chunkTokens);
             using var scope = torch.NewDisposeScope();
             var weight = dense.ComputeWeight(hidden.dtype);      // (V, D), the parameter or a differentiable cast
             return Dense(hidden, weight, targets, chunkTokens).MoveToOuterDisposeScope();
@@ -70,14 +85,13 @@ public static class ChunkedLinearCrossEntropy
         var total = torch.zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device);
         // One (C, V) buffer for every chunk's logits, softmax and ∂L/∂z (the largest tensor of the loss, made once).
         var buffer = torch.empty(new[] { Math.Min(chunkTokens, n), weight.shape[0] }, hidden.dtype, hidden.device);
-        var wT = weight.t();                                                 // (D, V), a view
         for (long start = 0; start < n; start += chunkTokens)
         {
             using var scope = torch.NewDisposeScope();
             long rows = Math.Min(chunkTokens, n - start);
             var h = hidden.narrow(0, start, rows);                           // (C, D)
             var y = targets.narrow(0, start, rows).unsqueeze(1);            // (C, 1)
-            var z = buffer.narrow(0, 0, rows).addmm_(h, wT, beta: 0);       // (C, V) = h W^T, written over the buffer
+            var z = Logits(h, weight, buffer.narrow(0, 0, rows));           // (C, V) = h W^T, written over the buffer
             var picked = z.gather(1, y);                                     // (C, 1)  z[i, y_i]
             var max = z.amax(new long[] { 1 }, keepdim: true);               // (C, 1)  m
             var e = z.sub_(max).exp_();                                      // (C, V)  exp(z − m), in place
@@ -86,10 +100,54 @@ public static class ChunkedLinearCrossEntropy
             if (gradHidden is null && gradWeight is null) continue;
             var g = e.div_(sumExp);                                          // softmax(z), in place
             g.scatter_add_(1, y, torch.full(rows, 1, -1f, ScalarType.Float32, g.device));  // − onehot(y)
-            if (gradHidden is not null) gradHidden.narrow(0, start, rows).addmm_(g, weight, beta: 0);
+            if (gradHidden is not null) GradHidden(g, weight, gradHidden.narrow(0, start, rows));
             gradWeight?.addmm_(g.t(), h);
         }
         return total.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Weights per block when a low-precision W is cast to the hidden states' dtype: 4M (16 MiB of fp32).</summary>
+    const long DefaultUpcastBlockWeights = 4L << 20;
+
+    /// <summary>Tests shrink the block to exercise several blocks on a tiny head; per thread, so nothing beside them changes.</summary>
+    [ThreadStatic] internal static long TestUpcastBlockWeights;
+
+    static long UpcastBlockWeights => TestUpcastBlockWeights > 0 ? TestUpcastBlockWeights : DefaultUpcastBlockWeights;
+
+    /// <summary>z = h Wᵀ (C, V) in h's dtype, written into <paramref name="z"/>; a W stored in another dtype is cast block of rows by block of rows.</summary>
+    static Tensor Logits(Tensor h, Tensor weight, Tensor z)
+    {
+        if (weight.dtype == h.dtype) return z.addmm_(h, weight.t(), beta: 0);
+        // block rows: the cast block (R, D) and its product (C, R) each at most 4M values
+        long v = weight.shape[0], rows = Math.Max(1, UpcastBlockWeights / Math.Max(weight.shape[1], h.shape[0]));
+        for (long r0 = 0; r0 < v; r0 += rows)
+        {
+            long n = Math.Min(rows, v - r0);
+            // every temporary disposed here, not at the chunk's end: a view such as block.t() left to the scope
+            // would keep each block's storage alive, all V rows of them by the last block
+            using var rowsView = weight.narrow(0, r0, n);
+            using var block = rowsView.to(h.dtype);
+            using var part = nn.functional.linear(h, block);
+            using var zBlock = z.narrow(1, r0, n);
+            zBlock.copy_(part);
+        }
+        return z;
+    }
+
+    /// <summary>∂L/∂h = g W (C, D) into <paramref name="into"/>; a W stored in another dtype is cast block by block (Σ over row blocks).</summary>
+    static void GradHidden(Tensor g, Tensor weight, Tensor into)
+    {
+        if (weight.dtype == g.dtype) { into.addmm_(g, weight, beta: 0); return; }
+        long v = weight.shape[0], rows = Math.Max(1, UpcastBlockWeights / weight.shape[1]);
+        into.zero_();
+        for (long r0 = 0; r0 < v; r0 += rows)
+        {
+            long n = Math.Min(rows, v - r0);
+            using var rowsView = weight.narrow(0, r0, n);
+            using var block = rowsView.to(g.dtype);
+            using var gBlock = g.narrow(1, r0, n);
+            into.addmm_(gBlock, block);
+        }
     }
 
     sealed record FusedArgument(int ChunkTokens, bool NeedHidden, bool NeedWeight)

@@ -71,22 +71,12 @@ public sealed record HeldMemory
         };
     }
 
-    /// <summary>Bytes of the tensors (module buffers) of every quantized layer, adapters looked through, and the weights they store.</summary>
-    public static (long Bytes, long Weights) QuantizedState(IPeftModel model)
-    {
-        long bytes = 0, weights = 0;
-        var seen = new HashSet<IntPtr>();
-        foreach (var slot in model.LinearSlots)
-        {
-            ILinearLayer layer = model.GetLinear(slot.Name);
-            while (layer is IAdapterLayer adapter) layer = adapter.BaseLayer;
-            if (layer is not (IQuantizedLinear or ITrainableQuantizedWeight)) continue;
-            weights += slot.InFeatures * slot.OutFeatures;
-            foreach (var (_, b) in layer.Module.named_buffers())
-                if (seen.Add(b.Handle)) bytes += b.NumberOfElements * b.ElementSize;
-        }
-        return (bytes, weights);
-    }
+    /// <summary>
+    /// Bytes every quantized layer holds for its weight, adapters looked through, and the weights they store: the one
+    /// count (<see cref="IQuantizedWeightBytes.QuantizedBytes"/> through <see cref="QuantizedWeightBytes.Sum"/>) the
+    /// bench also reports and the planner predicts.
+    /// </summary>
+    public static (long Bytes, long Weights) QuantizedState(IPeftModel model) => QuantizedWeightBytes.Sum(model);
 
     /// <summary>Bytes of the gradients the trainable parameters hold now (each tensor once).</summary>
     public static long HeldGradientBytes(IReadOnlyList<(string Name, Parameter Parameter)> trainable)

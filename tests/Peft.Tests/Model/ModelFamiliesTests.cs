@@ -268,12 +268,20 @@ public sealed class ModelFamiliesTests : IDisposable
         var merge = Peft("merge", "--model", dir, "--adapter", adapter, "--out", merged);
         merge.Code.Should().Be(0, merge.Err);
         Directory.GetFiles(merged).Select(Path.GetFileName).Should().Contain(["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
-        // The same architecture comes back (merge writes the storage dtype the model was loaded in, fp32).
+        // The same architecture comes back, in the base folder's dtype (bf16, as PEFT's merge_and_unload keeps the dtype).
         LlamaConfig.Load(Path.Combine(merged, "config.json")).ToJson("bfloat16").Should().Be(LlamaConfig.Load(Path.Combine(dir, "config.json")).ToJson("bfloat16"));
+        JsonNode.Parse(File.ReadAllText(Path.Combine(merged, "config.json")))!["torch_dtype"]!.GetValue<string>().Should().Be("bfloat16");
+        Safetensors.ReadHeader(Path.Combine(merged, "model.safetensors")).Tensors.Should().OnlyContain(t => t.DType == "BF16");
         var withAdapter = JsonLoss(Peft("eval", "--model", dir, "--adapter", adapter, "--data", evalData, "--json").Out);
         var mergedEval = Peft("eval", "--model", merged, "--data", evalData, "--json");
         mergedEval.Code.Should().Be(0, mergedEval.Err);
-        JsonLoss(mergedEval.Out).Should().BeApproximately(withAdapter, 1e-4);
+        // W + s·BA rounded once to bf16 (relative error ≤ 2^-9 per weight): the loss moves by about 1e-4 of itself.
+        JsonLoss(mergedEval.Out).Should().BeApproximately(withAdapter, 2e-3);
+        // --dtype float32 keeps the merged weights unrounded: the loss of the adapter on the base, to 1e-4.
+        var merged32 = Path.Combine(work, "merged32");
+        Peft("merge", "--model", dir, "--adapter", adapter, "--out", merged32, "--dtype", "float32").Code.Should().Be(0);
+        Safetensors.ReadHeader(Path.Combine(merged32, "model.safetensors")).Tensors.Should().OnlyContain(t => t.DType == "F32");
+        JsonLoss(Peft("eval", "--model", merged32, "--data", evalData, "--json").Out).Should().BeApproximately(withAdapter, 1e-4);
         Math.Abs(withAdapter - JsonLoss(eval.Out)).Should().BeGreaterThan(1e-6, "training changed the model");
 
         // The biases of the base are written unchanged by the merge.

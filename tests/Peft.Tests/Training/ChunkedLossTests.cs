@@ -97,6 +97,36 @@ public sealed class ChunkedLossTests
         ShouldMatch(chunked, plain);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_frozen_bf16_head_is_read_block_by_block_and_gives_the_fp32_loss_and_gradients(bool tied)
+    {
+        // Reference: fp32 storage holding bf16 values (what loading a bf16 folder in fp32 gives). Under test: the same
+        // values stored in bf16, every weight frozen but the norms, so the head (tied embedding or lm_head) is a frozen
+        // bf16 W that the chunked loss reads in blocks of 5 rows x 32 and the decoder's frozen bf16 linears go through
+        // the up-cast-again-in-backward function. Loss and the norms' gradients equal the fp32 ones.
+        Func<string, bool> norms = n => n.EndsWith("norm.weight", StringComparison.Ordinal);
+        using var reference = Model(tied);
+        using (torch.no_grad())
+            foreach (var (_, p) in reference.NamedParameters()) p.copy_(p.to(ScalarType.BFloat16));
+        using var stored = Model(tied);
+        using (torch.no_grad())
+            foreach (var (name, p) in stored.NamedParameters()) { p.copy_(p.to(ScalarType.BFloat16)); p.requires_grad_(norms(name)); }
+        stored.CastFrozenWeights(ScalarType.BFloat16, norms);
+        stored.EmbeddingWeight.dtype.Should().Be(ScalarType.BFloat16);
+        if (!tied) stored.NamedParameters().Single(p => p.Name == "lm_head.weight").Parameter.dtype.Should().Be(ScalarType.BFloat16);
+
+        var plain = Step(reference, norms, 0);
+        ChunkedLinearCrossEntropy.TestUpcastBlockWeights = 5 * 32;
+        try
+        {
+            ShouldMatch(Step(stored, norms, 7), plain);
+            ShouldMatch(Step(stored, norms, 0), plain);   // the full-logits path: the head's frozen bf16 W through UpcastLinear
+        }
+        finally { ChunkedLinearCrossEntropy.TestUpcastBlockWeights = 0; }
+    }
+
     [Fact]
     public void A_trainable_tied_head_sums_the_head_and_the_embedding_gradients()
     {
