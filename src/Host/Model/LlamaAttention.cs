@@ -59,11 +59,9 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionInputs, Tensor>,
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
         // (B, T, heads*d) -> (B, heads, T, d)
-        var q = _slots["q_proj"].Module.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = _slots["k_proj"].Module.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var q = Rotated(_slots["q_proj"].Module.call(x), _heads, inputs);
+        var k = Rotated(_slots["k_proj"].Module.call(x), _kvHeads, inputs);
         var v = _slots["v_proj"].Module.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        q = RotaryEmbedding.Apply(q, inputs.Cos, inputs.Sin);
-        k = RotaryEmbedding.Apply(k, inputs.Cos, inputs.Sin);
 
         if (inputs.Cache is { } cache)
             (k, v) = cache.Append(_layerIndex, k.to(ScalarType.Float32), v.to(ScalarType.Float32)); // (B, Hkv, S, d), S = start + T
@@ -110,5 +108,16 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionInputs, Tensor>,
         }
         var merged = attended.transpose(1, 2).reshape(b, t, _heads * _headDim); // (B, T, D)
         return _slots["o_proj"].Module.call(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// A projection (B, T, heads*d) as rotated heads (B, heads, T, d). The unrotated projection is freed here, not at
+    /// the end of the block: no backward formula reads it, and its memory is then free for the next tensors of this layer.
+    /// </summary>
+    Tensor Rotated(Tensor projection, int heads, AttentionInputs inputs)
+    {
+        using (projection)
+        using (var split = projection.view(projection.shape[0], projection.shape[1], heads, _headDim).transpose(1, 2))
+            return RotaryEmbedding.Apply(split, inputs.Cos, inputs.Sin);
     }
 }

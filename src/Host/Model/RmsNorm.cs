@@ -39,8 +39,10 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>, IStorageDtypeLayer
         using var scope = torch.NewDisposeScope();
         var x32 = x.to(ScalarType.Float32);
         var inverseRms = x32.pow(2).mean(new long[] { -1 }, keepdim: true).add_(_eps).rsqrt_(); // (..., 1)
-        var normed = (x32 * inverseRms).to(x.dtype);
+        var normed = (x32 * inverseRms).to(x.dtype);                  // a new tensor; no backward formula reads it
         var w = weight.dtype == x.dtype ? (Tensor)weight : weight.to(x.dtype);
-        return (w * normed).MoveToOuterDisposeScope();
+        // A frozen weight (LoRA, QLoRA...): scale in place, one (..., hidden) tensor fewer. A trainable one needs
+        // normed kept for ∂L/∂w, so it gets a product of its own.
+        return (w.requires_grad ? w * normed : normed.mul_(w)).MoveToOuterDisposeScope();
     }
 }
