@@ -117,23 +117,14 @@ public static class BaseDtypeSpeed
 
     static Measurement? Child(BenchOptions o, string dtype)
     {
-        var self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find this executable's path");
-        var start = new ProcessStartInfo { FileName = self, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
-        foreach (var a in new[]
-                 {
-                     "--vocab-child", $"{Seq},{CausalLmLoss.DefaultChunkTokens}", "--base-dtype-child", dtype,
-                     "--threads", o.Threads.ToString(CultureInfo.InvariantCulture), "--seed", o.Seed.ToString(CultureInfo.InvariantCulture),
-                     "--warmup-steps", o.WarmupSteps.ToString(CultureInfo.InvariantCulture), "--steps", o.Steps.ToString(CultureInfo.InvariantCulture),
-                 })
-            start.ArgumentList.Add(a);
-        using var child = Process.Start(start)!;
-        var err = child.StandardError.ReadToEndAsync();
-        var stdout = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        var m = stdout.Split('\n').Select(l => Measurement.FromLine(l.TrimEnd('\r'))).LastOrDefault(x => x is not null);
-        if (child.ExitCode != 0 || m is null) Console.Error.WriteLine($"Peft.Bench: base-dtype child {dtype} failed (exit {child.ExitCode}):\n{err.Result}");
-        return child.ExitCode == 0 ? m : null;
+        var run = SelfProcess.Run(
+        [
+            "--vocab-child", $"{Seq},{CausalLmLoss.DefaultChunkTokens}", "--base-dtype-child", dtype,
+            "--threads", o.Threads.ToString(CultureInfo.InvariantCulture), "--seed", o.Seed.ToString(CultureInfo.InvariantCulture),
+            "--warmup-steps", o.WarmupSteps.ToString(CultureInfo.InvariantCulture), "--steps", o.Steps.ToString(CultureInfo.InvariantCulture),
+        ]);
+        if (!run.Succeeded) Console.Error.WriteLine($"Peft.Bench: base-dtype child {dtype} failed (exit {run.ExitCode}):\n{run.Stderr}");
+        return run.Succeeded ? run.Measurement : null;
     }
 
     sealed class NoOutput : ITrainingOutput { public void WriteFinal(string directory) { } }

@@ -144,41 +144,15 @@ static class Parent
     /// <summary>Run this exe again with <c>--one VARIANT</c>; returns its measurement, or the reason it has none.</summary>
     static (Measurement?, string) RunChild(BenchOptions o, Variant variant, bool breakdown = false)
     {
-        var start = new ProcessStartInfo
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        var self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find this executable's path");
-        start.FileName = self;
-        if (variant.Ranks > 1)
-        {
-            // data parallel: MPICH's mpiexec starts the ranks; each gets threads/ranks LibTorch threads (same cores in all)
-            start.FileName = "mpiexec.mpich";
-            start.ArgumentList.Add("-n");
-            start.ArgumentList.Add(variant.Ranks.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            start.ArgumentList.Add(self);
-        }
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") // started as `dotnet Peft.Bench.dll`
-            start.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
         var childArgs = o.ChildArguments(variant, breakdown).ToList();
         if (variant.Ranks > 1)
         {
+            // data parallel: MPICH's mpiexec starts the ranks; each gets threads/ranks LibTorch threads (same cores in all)
             int t = childArgs.IndexOf("--threads") + 1;
             childArgs[t] = Math.Max(1, o.Threads / variant.Ranks).ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
-        foreach (var a in childArgs) start.ArgumentList.Add(a);
-
-        using var child = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {self}");
-        var stderr = child.StandardError.ReadToEndAsync();
-        var stdout = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        var errors = stderr.Result;
-        var result = stdout.Split('\n').Select(l => l.TrimEnd('\r')).Select(Measurement.FromLine).LastOrDefault(m => m is not null);
-        if (child.ExitCode != 0 || result is null)
-            return (null, $"exit code {child.ExitCode}\n{stdout}\n{errors}");
-        return (result, "");
+        var run = SelfProcess.Run(childArgs, variant.Ranks);
+        return run.Succeeded ? (run.Measurement, "") : (null, $"exit code {run.ExitCode}\n{run.Stdout}\n{run.Stderr}");
     }
 
     static string Quote(string a) => a.Length > 0 && a.All(c => char.IsLetterOrDigit(c) || "-_./,:=".Contains(c)) ? a : $"'{a.Replace("'", "'\\''")}'";

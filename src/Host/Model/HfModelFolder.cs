@@ -266,39 +266,6 @@ public static class HfModelFolder
         }
     }
 
-    /// <summary>HF tensor names -> new detached CPU tensors in the storage dtype, in model order. The caller disposes them.</summary>
-    public static List<(string Name, Tensor Tensor)> StateDict(LlamaForCausalLM model)
-    {
-        var result = new List<(string, Tensor)>();
-        using var _ = torch.no_grad();
-        var dtype = model.StorageDtype;
-        Tensor Copy(Tensor t) => t.detach().to(dtype).cpu().clone();
-
-        var slotNames = new HashSet<string>(model.LinearLayerNames, StringComparer.Ordinal);
-        result.Add(("model.embed_tokens.weight", Copy(model.EmbeddingWeight)));
-        for (int i = 0; i < model.Config.NumHiddenLayers; i++)
-        {
-            var prefix = $"model.layers.{i}.";
-            foreach (var slot in new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj" })
-                AddLinear(prefix + slot);
-            foreach (var (name, p) in model.named_parameters())
-                if (name.StartsWith(prefix, StringComparison.Ordinal) && name.EndsWith("layernorm.weight", StringComparison.Ordinal))
-                    result.Add((name, Copy(p)));
-        }
-        result.Add(("model.norm.weight", Copy(model.named_parameters().First(p => p.name == "model.norm.weight").parameter)));
-        if (!model.Config.TieWordEmbeddings) AddLinear(LlamaForCausalLM.HeadName);
-        return result;
-
-        void AddLinear(string name)
-        {
-            var layer = model.GetLinear(name);
-            using var w = layer.DenseWeight(dtype);
-            result.Add(($"{name}.weight", w.cpu().clone()));
-            if (layer.Bias is { } b) result.Add(($"{name}.bias", Copy(b)));
-        }
-    }
-
     /// <summary>Write a folder from tensors already named as HF names them (the importers); see <see cref="WriteStreamed"/>.</summary>
     public static void Write(string dir, LlamaConfig config, string torchDtype, IReadOnlyList<(string Name, Tensor Tensor)> tensors,
                              string? tokenizerModelPath = null, long? maxShardBytes = null, IReadOnlyList<string>? tokenizerFiles = null) =>

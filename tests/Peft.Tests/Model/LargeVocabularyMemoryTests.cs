@@ -277,11 +277,13 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
         using (var model = HfModelFolder.Load(dir))
         {
             AdapterAttachment.AttachWith(catalog, adapter, model).MergeAndUnload(safe: true);
-            var expected = HfModelFolder.StateDict(model);
+            var expected = HfModelFolder.StateEntries(model, model.StorageDtype);
             var actual = Safetensors.Load(Path.Combine(merged, "model.safetensors"));
             actual.Keys.Should().BeEquivalentTo(expected.Select(e => e.Name));
-            foreach (var (name, t) in expected)
+            foreach (var entry in expected)
             {
+                var name = entry.Name;
+                var t = entry.Produce();
                 using var rounded = t.to(ScalarType.BFloat16);
                 actual[name].dtype.Should().Be(ScalarType.BFloat16);
                 Same(actual[name], rounded).Should().BeTrue(name);
