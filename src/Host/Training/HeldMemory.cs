@@ -15,8 +15,9 @@ namespace Peft.Host.Training;
 /// <c>held_memory</c>), the same components <c>peft plan --config</c> predicts:
 /// <list type="bullet">
 /// <item>weights: frozen parameters and trainable parameters, each tensor once (tied weights once), its own dtype;</item>
-/// <item>quantization state: the tensors of every quantized layer (packed codes and their statistics: absmax,
-///   nested absmax, row scales), which are module buffers, not parameters;</item>
+/// <item>quantization state: what every quantized layer holds for its weight (packed codes and their statistics:
+///   absmax, nested absmax and offset, row scales), as the layer reports it (<see cref="IQuantizedWeightBytes.QuantizedBytes"/>,
+///   the count the bench and the planner use too); shared code tables are not counted per layer;</item>
 /// <item>gradients: the largest total of gradient tensors held at once, read after each backward pass, before the
 ///   optimizer step (a layer-wise optimizer reports its own peak: it frees each gradient inside backward);</item>
 /// <item>optimizer state: what the optimizer holds (moments, step counters, GaLore's projectors);</item>
