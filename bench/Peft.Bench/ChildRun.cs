@@ -10,7 +10,8 @@ namespace Peft.Bench;
 /// <summary>
 /// One measurement in this (fresh) process: build the model, compose the variant exactly as <c>peft train</c>
 /// does (plugins from this exe's <c>plugins/</c> folder, <see cref="PeftComposer"/>), run <see cref="Trainer.Run"/>
-/// for warm-up + timed steps, time the timed ones from the trainer's own step reports, read the peak RSS.
+/// for warm-up + timed steps, time the timed ones from the trainer's own step reports, read the peak RSS and the peak of live native heap bytes
+/// (<see cref="NativeHeap.PeakSampler"/>).
 /// </summary>
 public static class ChildRun
 {
@@ -35,6 +36,8 @@ public static class ChildRun
             Peft.Abstractions.Optimization.IPeftOptimizer optimizer = sharded ?? composed.Optimizer;
             var progress = new StepClock();
             long rssBefore = ProcessMemory.CurrentRssBytes();
+            long? heapBefore = NativeHeap.InUseBytes();
+            using var heap = new NativeHeap.PeakSampler();
             // The model was prepared (base dtype, activation checkpointing) by the composer in ComposedWorkload.
             var result = Trainer.Run(new TrainingRun
             {
@@ -51,6 +54,7 @@ public static class ChildRun
                 Parallel = parallel,
             });
             long peak = ProcessMemory.PeakRssBytes();
+            heap.Dispose();
 
             // Elapsed[i] = trainer clock at the end of step i+1. Timed window: end of the last warm-up step .. end of the last step.
             var ends = progress.StepEnds;
@@ -80,6 +84,8 @@ public static class ChildRun
                 StepSeconds = ends.Select((end, i) => Math.Round(end - (i == 0 ? 0 : ends[i - 1]), 3)).ToList(),
                 RssBeforeTrainingBytes = rssBefore,
                 PeakRssBytes = peak,
+                HeapBeforeTrainingBytes = heapBefore,
+                PeakHeapBytes = heap.PeakBytes,
                 TotalParameters = s.TotalParameters,
                 TrainableParameters = s.TrainableParameters,
                 WeightBytes = s.WeightBytes,

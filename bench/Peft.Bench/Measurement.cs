@@ -42,6 +42,15 @@ public sealed record Measurement
     /// <summary>VmHWM at the end: the process's peak resident memory.</summary>
     [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
 
+    /// <summary>Live C-heap bytes (glibc mallinfo2, <see cref="Peft.Host.Training.NativeHeap"/>) just before the training loop; null off glibc.</summary>
+    [JsonPropertyName("heap_before_training_bytes")] public long? HeapBeforeTrainingBytes { get; init; }
+
+    /// <summary>
+    /// Peak live C-heap bytes during the training loop, sampled every 2 ms: LibTorch's tensors and every other malloc,
+    /// without the free chunks glibc keeps resident (which VmHWM counts and which vary by tens of MB between identical runs).
+    /// </summary>
+    [JsonPropertyName("peak_heap_bytes")] public long? PeakHeapBytes { get; init; }
+
     [JsonPropertyName("total_parameters")] public long TotalParameters { get; init; }
     [JsonPropertyName("trainable_parameters")] public long TrainableParameters { get; init; }
     [JsonPropertyName("weight_bytes")] public long WeightBytes { get; init; }

@@ -61,25 +61,47 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
 
     static double Growth(Measurement m) => m.PeakRssBytes - m.RssBeforeTrainingBytes;
 
+    /// <summary>Median peak live native heap of the runs (NaN where glibc's mallinfo2 was missing).</summary>
+    static double PeakHeap(IReadOnlyList<Measurement> ms) => Median(ms.Where(m => m.PeakHeapBytes is not null).Select(m => (double)m.PeakHeapBytes!.Value));
+
+    /// <summary>Issue 8: QLoRA against LoRA in the same run — tokens/s ≥ 0.8×, peak RSS below LoRA's; and the peak live native heap beside it.</summary>
+    string? QLoraAgainstLora()
+    {
+        var (q, l) = (Variant.Find("qlora")!, Variant.Find("lora")!);
+        if (!variants.Contains(q) || !variants.Contains(l) || Compare(q, l) is not { } c) return null;
+        var (qs, ls) = (Of(q), Of(l));
+        double cpu = Median(qs.Select(m => m.MedianStepCpuSeconds ?? double.NaN)) / Median(ls.Select(m => m.MedianStepCpuSeconds ?? double.NaN));
+        double heap = PeakHeap(qs) / PeakHeap(ls);
+        var rss = qs.Zip(ls, (x, y) => $"{Mib(x.PeakRssBytes)} vs {Mib(y.PeakRssBytes)}");
+        var sb = new StringBuilder();
+        sb.AppendLine("| qlora / lora | tokens/s (of medians) | tokens/s, per round | CPU s per step | peak RSS | peak RSS per round (qlora vs lora) | peak native heap |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---|---:|");
+        sb.AppendLine(string.Create(Inv,
+            $"| target | ≥ 0.8×: {(c.Speed >= 0.8 ? "met" : "not met")} | | | < 1: {(c.Peak < 1 ? "met" : "not met")} | | |"));
+        sb.AppendLine(string.Create(Inv,
+            $"| measured | {c.Speed:0.000}× | {string.Join(", ", c.Paired.Select(p => p.ToString("0.00", Inv)))} | {cpu:0.000}× | {c.Peak:0.000}× | {string.Join("; ", rss)} | {heap:0.000}× ({Mib(PeakHeap(qs))} vs {Mib(PeakHeap(ls))}) |"));
+        return sb.ToString();
+    }
+
     public string Table()
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| variant | runs | tokens/s, median (min–max) | median step | peak RSS, median | peak − RSS before training | trainable params | weights | gradients | AdamW state |");
-        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        sb.AppendLine("| variant | runs | tokens/s, median (min–max) | median step | peak RSS, median | peak − RSS before training | peak native heap, median | trainable params | weights | gradients | AdamW state |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var v in variants)
         {
             var ms = Of(v);
             if (ms.Count == 0)
             {
                 var why = SkippedReason(v) ?? "no run";
-                sb.AppendLine($"| {v.Name} | 0 | skipped: {Escape(why)} | | | | | | | |");
+                sb.AppendLine($"| {v.Name} | 0 | skipped: {Escape(why)} | | | | | | | | |");
                 continue;
             }
             var tps = ms.Select(m => m.TokensPerSecond).ToList();
             var first = ms[0];
             sb.AppendLine(string.Create(Inv,
                 $"| {v.Name} | {ms.Count} | {Median(tps):0} ({tps.Min():0}–{tps.Max():0}) | {Median(ms.Select(m => m.MedianStepSeconds)):0.00} s | " +
-                $"{Mib(Median(ms.Select(m => (double)m.PeakRssBytes)))} | {Mib(Median(ms.Select(Growth)))} | " +
+                $"{Mib(Median(ms.Select(m => (double)m.PeakRssBytes)))} | {Mib(Median(ms.Select(Growth)))} | {Mib(PeakHeap(ms))} | " +
                 $"{first.TrainableParameters:N0} of {first.TotalParameters:N0} | {TrainingSummary.Bytes(first.WeightBytes)} | " +
                 $"{TrainingSummary.Bytes(first.GradientBytes)} | {TrainingSummary.Bytes(first.OptimizerStateBytes)} |"));
         }
@@ -96,6 +118,11 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                     $"| {v.Name} / {v.Baseline!.Name} | {speed:0.000}× | {string.Join(", ", paired.Select(p => p.ToString("0.00", Inv)))} | " +
                     $"{peak:0.00}× | {growth:0.00}× | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth))} |"));
             }
+        }
+        if (QLoraAgainstLora() is { } q)
+        {
+            sb.AppendLine();
+            sb.Append(q);
         }
         var anchors = variants.Select(v => (v, twin: v.HandWrittenTwin)).Where(x => x.twin is not null && variants.Contains(x.twin))
             .Select(x => (x.v, x.twin, c: Compare(x.v, x.twin!))).Where(x => x.c is not null).ToList();
@@ -186,6 +213,10 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         sb.AppendLine("- peak RSS = VmHWM of the child at the end (/proc/self/status): .NET runtime + LibTorch + model + data + the training peak. " +
                       "\"peak − RSS before training\" subtracts VmRSS taken just before the loop, i.e. what training itself added " +
                       "(activations, logits, gradients, optimizer state, allocator caches).");
+        sb.AppendLine("- peak native heap = the highest live C-heap figure (glibc mallinfo2: bytes in use in every arena + in mmapped chunks) " +
+                      "sampled every 2 ms during the loop (`NativeHeap.PeakSampler`): LibTorch's tensors and every other malloc alive at once, " +
+                      "without the free chunks glibc keeps resident. It is the figure that separates variants whose difference is smaller " +
+                      "than VmHWM's run-to-run spread; the runtime's own code and the .NET heap are not in it.");
         sb.AppendLine("- The labels are random, so there is nothing to learn: the loss stays near ln 32000 ≈ 10.4; the trainer would stop on a non-finite loss.");
         sb.AppendLine("- Trainable parameters and the bytes of weights, gradients and AdamW state come from the trainer's `TrainingSummary` at the end of the run.");
         sb.AppendLine("- Ratios: \"of medians\" divides the variants' medians; \"per round\" divides the k-th LoRA run by the k-th full run (neighbours in time).");

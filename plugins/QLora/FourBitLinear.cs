@@ -15,11 +15,9 @@ namespace Peft.Plugins.QLora;
 ///   backward:  ∂L/∂x = ∂L/∂y · deq(W)        (…, out) → (…, in); the base gets no weight gradient
 /// </code>
 /// deq(W) is written into one reused buffer (<see cref="IFourBitKernels.Scratch"/>) right before each product and is
-/// not kept for backward: backward dequantizes again, so training holds packed weights only — when the layer is wider
-/// than the batch has tokens (in &gt; tokens, every 7B-class layer). For a small layer on many tokens, whatever serves
-/// backward costs less as a freshly dequantized (out, in) weight kept by autograd than as the (tokens, out) buffer
-/// TorchSharp's custom-function machinery keeps per call; the layer picks the smaller (see <see cref="forward"/>). The packed bytes and
-/// statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
+/// not kept for backward: training runs the product through an autograd function (<see cref="FourBitMatmul"/>) whose
+/// backward dequantizes again, so a training step holds the packed weights only, never an fp32 copy of a layer. The
+/// packed bytes and statistics are module buffers (<c>weight</c> uint8, <c>absmax</c>, <c>nested_absmax</c>), not parameters.
 /// </summary>
 public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
 {
@@ -80,13 +78,11 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
         if (x.shape[^1] != InFeatures)
             throw new ArgumentException($"{ModuleName}: input has {x.shape[^1]} features, the layer takes {InFeatures}");
         using var scope = torch.NewDisposeScope();
-        Tensor y;
-        if (!(torch.is_grad_enabled() && x.requires_grad)) y = Product(x);
-        // Training: something must serve backward. The autograd function keeps no weight, but TorchSharp keeps an
-        // output-shaped buffer per call (tokens × out floats); saving a fresh deq(W) costs out × in floats. Keep the
-        // smaller: the function when tokens < in (large layers, bitsandbytes' case), the weight otherwise.
-        else if (x.NumberOfElements / InFeatures < InFeatures) y = FourBitMatmul.apply(x, this);
-        else y = SavedWeightProduct(x);
+        // Training: the autograd function keeps nothing but this layer for backward. TorchSharp's function node also
+        // makes an output-shaped empty_like (to materialize an undefined incoming gradient); it is created in this
+        // scope and freed when forward returns, which is safe because the output always gets a gradient when backward
+        // reaches this node.
+        var y = torch.is_grad_enabled() && x.requires_grad ? FourBitMatmul.apply(x, this) : Product(x);
         if (bias is not null) y = y + (bias.dtype == y.dtype ? bias : bias.to(y.dtype));
         return y.MoveToOuterDisposeScope();
     }
@@ -97,25 +93,6 @@ public sealed class FourBitLinear : nn.Module<Tensor, Tensor>, IQuantizedLinear
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var w = DequantizedForCompute();
-        var xc = x.dtype == ComputeDtype ? x : x.to(ComputeDtype);
-        var y = nn.functional.linear(xc, w);
-        return (y.dtype == x.dtype ? y : y.to(x.dtype)).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>
-    /// x · deq(W)ᵀ recorded by autograd with a freshly dequantized weight (not the shared scratch), which linear keeps
-    /// for the input gradient until backward; no weight gradient (deq(W) does not require grad).
-    /// </summary>
-    Tensor SavedWeightProduct(Tensor x)
-    {
-        using var scope = torch.NewDisposeScope();
-        Tensor w;
-        using (torch.no_grad())
-        {
-            w = torch.empty(OutFeatures, InFeatures, ScalarType.Float32);
-            _kernels.Dequantize(_weights, w);
-            if (ComputeDtype != ScalarType.Float32) w = w.to(ComputeDtype);
-        }
         var xc = x.dtype == ComputeDtype ? x : x.to(ComputeDtype);
         var y = nn.functional.linear(xc, w);
         return (y.dtype == x.dtype ? y : y.to(x.dtype)).MoveToOuterDisposeScope();
