@@ -46,7 +46,7 @@ public sealed record Measurement
     [JsonPropertyName("heap_before_training_bytes")] public long? HeapBeforeTrainingBytes { get; init; }
 
     /// <summary>
-    /// Peak live C-heap bytes during the training loop, sampled every 2 ms: LibTorch's tensors and every other malloc,
+    /// Peak live C-heap bytes during the training loop, sampled every 5 ms: LibTorch's tensors and every other malloc,
     /// without the free chunks glibc keeps resident (which VmHWM counts and which vary by tens of MB between identical runs).
     /// </summary>
     [JsonPropertyName("peak_heap_bytes")] public long? PeakHeapBytes { get; init; }

@@ -39,7 +39,7 @@ public static partial class NativeHeap
     }
 
     /// <summary>
-    /// The highest <see cref="InUseBytes"/> seen while this object lives, sampled every <c>periodMs</c> on a
+    /// The highest <see cref="InUseBytes"/> seen while this object lives, sampled every <c>periodMs</c> (default 5) on a
     /// background thread (mallinfo2 takes a few µs). A peak shorter than the period can be missed; a training step's
     /// peak (end of forward to the loss) lasts hundreds of ms on the bench's model.
     /// </summary>
@@ -49,7 +49,7 @@ public static partial class NativeHeap
         volatile bool _stop;
         long _peak;
 
-        public PeakSampler(int periodMs = 2)
+        public PeakSampler(int periodMs = 5)
         {
             if (!Available) return;
             _peak = InUseBytes()!.Value;
