@@ -64,6 +64,10 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
     /// <summary>Median peak live native heap of the runs (NaN where glibc's mallinfo2 was missing).</summary>
     static double PeakHeap(IReadOnlyList<Measurement> ms) => Median(ms.Where(m => m.PeakHeapBytes is not null).Select(m => (double)m.PeakHeapBytes!.Value));
 
+    /// <summary>Median of (peak live native heap − live native heap before the loop): what training itself holds at its peak, without allocator slack.</summary>
+    static double HeapGrowth(IReadOnlyList<Measurement> ms) =>
+        Median(ms.Where(m => m.PeakHeapBytes is not null && m.HeapBeforeTrainingBytes is not null).Select(m => (double)(m.PeakHeapBytes!.Value - m.HeapBeforeTrainingBytes!.Value)));
+
     /// <summary>Issue 8: QLoRA against LoRA in the same run — tokens/s ≥ 0.8×, peak RSS below LoRA's; and the peak live native heap beside it.</summary>
     string? QLoraAgainstLora()
     {
@@ -86,22 +90,22 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
     public string Table()
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| variant | runs | tokens/s, median (min–max) | median step | peak RSS, median | peak − RSS before training | peak native heap, median | trainable params | weights | gradients | AdamW state |");
-        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        sb.AppendLine("| variant | runs | tokens/s, median (min–max) | median step | peak RSS, median | peak − RSS before training | peak native heap, median | native heap added by training | trainable params | weights | gradients | AdamW state |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var v in variants)
         {
             var ms = Of(v);
             if (ms.Count == 0)
             {
                 var why = SkippedReason(v) ?? "no run";
-                sb.AppendLine($"| {v.Name} | 0 | skipped: {Escape(why)} | | | | | | | | |");
+                sb.AppendLine($"| {v.Name} | 0 | skipped: {Escape(why)} | | | | | | | | | |");
                 continue;
             }
             var tps = ms.Select(m => m.TokensPerSecond).ToList();
             var first = ms[0];
             sb.AppendLine(string.Create(Inv,
                 $"| {v.Name} | {ms.Count} | {Median(tps):0} ({tps.Min():0}–{tps.Max():0}) | {Median(ms.Select(m => m.MedianStepSeconds)):0.00} s | " +
-                $"{Mib(Median(ms.Select(m => (double)m.PeakRssBytes)))} | {Mib(Median(ms.Select(Growth)))} | {Mib(PeakHeap(ms))} | " +
+                $"{Mib(Median(ms.Select(m => (double)m.PeakRssBytes)))} | {Mib(Median(ms.Select(Growth)))} | {Mib(PeakHeap(ms))} | {Mib(HeapGrowth(ms))} | " +
                 $"{first.TrainableParameters:N0} of {first.TotalParameters:N0} | {TrainingSummary.Bytes(first.WeightBytes)} | " +
                 $"{TrainingSummary.Bytes(first.GradientBytes)} | {TrainingSummary.Bytes(first.OptimizerStateBytes)} |"));
         }
@@ -109,14 +113,15 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         if (comparisons.Count > 0)
         {
             sb.AppendLine();
-            sb.AppendLine("| ratio | tokens/s (of medians) | tokens/s, per round | peak RSS | peak − RSS before training | target: tokens/s ≥ 1.5× |");
-            sb.AppendLine("|---|---:|---:|---:|---:|---|");
+            sb.AppendLine("| ratio | tokens/s (of medians) | tokens/s, per round | peak RSS | peak − RSS before training | native heap added by training | target: tokens/s ≥ 1.5× |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|---|");
             foreach (var (v, c) in comparisons)
             {
                 var (speed, peak, growth, paired) = c!.Value;
+                double heapGrowth = HeapGrowth(Of(v)) / HeapGrowth(Of(v.Baseline!));
                 sb.AppendLine(string.Create(Inv,
                     $"| {v.Name} / {v.Baseline!.Name} | {speed:0.000}× | {string.Join(", ", paired.Select(p => p.ToString("0.00", Inv)))} | " +
-                    $"{peak:0.00}× | {growth:0.00}× | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth))} |"));
+                    $"{peak:0.00}× | {growth:0.00}× | {(double.IsNaN(heapGrowth) ? "–" : heapGrowth.ToString("0.00", Inv) + "×")} | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth))} |"));
             }
         }
         if (QLoraAgainstLora() is { } q)

@@ -24,13 +24,7 @@ public sealed record ActivationInputs(
     /// head's gradient with respect to the hidden states (D fp32 per token) is computed in the forward pass and held
     /// until backward, and a training head's weight gradient (V × D fp32) with it. 0: the full logits path.
     /// </summary>
-    int LossChunkTokens = 0,
-    /// <summary>
-    /// 4-bit slots (nf4/fp4) and the bytes of their compute dtype: such a layer keeps a freshly dequantized (out, in) weight
-    /// for backward when the micro-batch has at least as many tokens as the layer has inputs (the QLoRA plugin's
-    /// <c>FourBitLinear</c>: the smaller of that and TorchSharp's per-call output buffer); otherwise nothing.
-    /// </summary>
-    IReadOnlySet<string>? FourBitSlots = null);
+    int LossChunkTokens = 0);
 
 /// <summary>Bytes held for backward, split so the plan can say where they come from.</summary>
 public sealed record ActivationBreakdown(long DecoderBytes, long HeadBytes, long UpcastWeightBytes)
@@ -126,7 +120,10 @@ public static class ActivationModel
         return new ActivationBreakdown(decoderPerToken * a.ActivationBytes * a.Tokens, headBytes * a.Tokens + headWeightGradient, a.Checkpointing ? 0 : upcast);
     }
 
+    /// <summary>
+    /// The up-cast copy of a base weight stored in another dtype, kept for backward. A 4-bit slot (the QLoRA plugin's
+    /// <c>FourBitLinear</c>) keeps nothing: its backward dequantizes again.
+    /// </summary>
     static long UpcastBytes(ActivationInputs a, LinearSlot slot) =>
-        a.UpcastWeightBytes is { } bytes ? slot.Parameters * bytes
-        : a.FourBitSlots?.Contains(slot.Name) == true && a.Tokens >= slot.InFeatures ? slot.Parameters * 4 : 0;
+        a.UpcastWeightBytes is { } bytes ? slot.Parameters * bytes : 0;
 }

@@ -208,11 +208,10 @@ public static class MemoryPlanner
             bool upcast = s.Precision == PlanPrecision.Fp32 && !full && !hookLayerWeights && quantSel is null && s.BaseDtypeBytes != s.ActivationDtypeBytes;
             bool outsideTrains = full || (hookOutside && activeLayers is not null && !full);
             acts = ActivationModel.Estimate(new ActivationInputs(model, layers, EmbeddingTrains: outsideTrains, HeadTrains: outsideTrains,
-                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, null, s.LossChunkTokens,
-                quantSel?.Name.ToLowerInvariant() is "nf4" or "fp4" ? quantized.Keys.ToHashSet(StringComparer.Ordinal) : null));
+                (long)s.BatchSize * s.SeqLen, s.ActivationDtypeBytes, s.ActivationCheckpointing, null, s.LossChunkTokens));
             // a frozen 16-bit weight is up-cast per call in forward and again in backward, one layer at a time; autograd keeps only the 16-bit weight
             if (upcast) notes.Add("the frozen base is stored in 16 bits and up-cast per call, one layer at a time (forward and backward); no up-cast copy is kept for backward");
-            if (quantSel is not null) notes.Add("activations include the dequantized fp32 weights a 4-bit layer keeps for backward when the micro-batch has at least as many tokens as the layer has inputs");
+            if (quantSel is not null) notes.Add("a quantized layer keeps no dequantized weight for backward: it dequantizes again (one layer's weight at a time)");
         }
 
         if (s.HasMasterCopy) notes.Add("mixed precision: 16-bit trainable weights and gradients, fp32 master copy and fp32 optimizer moments");
