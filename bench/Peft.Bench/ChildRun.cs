@@ -11,7 +11,7 @@ namespace Peft.Bench;
 /// One measurement in this (fresh) process: build the model, compose the variant exactly as <c>peft train</c>
 /// does (plugins from this exe's <c>plugins/</c> folder, <see cref="PeftComposer"/>), run <see cref="Trainer.Run"/>
 /// for warm-up + timed steps, time the timed ones from the trainer's own step reports, read the peak RSS and the peak of live native heap bytes
-/// (<see cref="NativeHeap.PeakSampler"/>).
+/// (<see cref="HeapPeakSampler"/>).
 /// </summary>
 public static class ChildRun
 {
@@ -36,8 +36,8 @@ public static class ChildRun
             Peft.Abstractions.Optimization.IPeftOptimizer optimizer = sharded ?? composed.Optimizer;
             var progress = new StepClock();
             long rssBefore = ProcessMemory.CurrentRssBytes();
-            long? heapBefore = NativeHeap.InUseBytes();
-            using var heap = new NativeHeap.PeakSampler();
+            long? heapBefore = Peft.Host.Training.ProcessMemory.HeapInUse();
+            using var heap = new HeapPeakSampler();
             // The model was prepared (base dtype, activation checkpointing) by the composer in ComposedWorkload.
             var result = Trainer.Run(new TrainingRun
             {

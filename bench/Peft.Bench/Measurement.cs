@@ -42,7 +42,7 @@ public sealed record Measurement
     /// <summary>VmHWM at the end: the process's peak resident memory.</summary>
     [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
 
-    /// <summary>Live C-heap bytes (glibc mallinfo2, <see cref="Peft.Host.Training.NativeHeap"/>) just before the training loop; null off glibc.</summary>
+    /// <summary>Live C-heap bytes (glibc mallinfo2, <see cref="Peft.Host.Training.ProcessMemory.HeapInUse"/>) just before the training loop; null off glibc.</summary>
     [JsonPropertyName("heap_before_training_bytes")] public long? HeapBeforeTrainingBytes { get; init; }
 
     /// <summary>

@@ -219,7 +219,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                       "\"peak − RSS before training\" subtracts VmRSS taken just before the loop, i.e. what training itself added " +
                       "(activations, logits, gradients, optimizer state, allocator caches).");
         sb.AppendLine("- peak native heap = the highest live C-heap figure (glibc mallinfo2: bytes in use in every arena + in mmapped chunks) " +
-                      "sampled every 5 ms during the loop (`NativeHeap.PeakSampler`): LibTorch's tensors and every other malloc alive at once, " +
+                      "sampled every 5 ms during the loop (`HeapPeakSampler`): LibTorch's tensors and every other malloc alive at once, " +
                       "without the free chunks glibc keeps resident. It is the figure that separates variants whose difference is smaller " +
                       "than VmHWM's run-to-run spread; the runtime's own code and the .NET heap are not in it.");
         sb.AppendLine("- The labels are random, so there is nothing to learn: the loss stays near ln 32000 ≈ 10.4; the trainer would stop on a non-finite loss.");

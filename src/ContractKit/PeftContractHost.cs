@@ -131,6 +131,7 @@ public sealed class PeftContractHost : IContractHost
         };
         using var model = new LlamaForCausalLM(config);
         using (torch.no_grad())
+        using (torch.NewDisposeScope())   // the temporaries below stay referenced while LibTorch reads them (a GC on another thread cannot finalize them mid-op)
         {
             // Weights from a seeded generator (not the global one other tests share); norms away from 1 so they matter.
             var generator = new Generator(42);

@@ -57,7 +57,9 @@ public sealed class BaseLinear : nn.Module<Tensor, Tensor>, ILinearLayer, IStora
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {
         using var _ = torch.no_grad();
-        return weight.detach().to(dtype).clone();
+        // the intermediate stays in a scope, not only on the stack, so no GC can finalize it while clone reads it
+        using var scope = torch.NewDisposeScope();
+        return weight.detach().to(dtype).clone().MoveToOuterDisposeScope();
     }
 
     public bool CanSetWeight => true;

@@ -48,7 +48,9 @@ public sealed class TiedOutputHead : nn.Module<Tensor, Tensor>, ILinearLayer, ID
     public Tensor DenseWeight(ScalarType dtype = ScalarType.Float32)
     {
         using var _ = torch.no_grad();
-        return _embedding().detach().to(dtype).clone();
+        // the intermediate stays in a scope, not only on the stack, so no GC can finalize it while clone reads it
+        using var scope = torch.NewDisposeScope();
+        return _embedding().detach().to(dtype).clone().MoveToOuterDisposeScope();
     }
 
     public bool CanSetWeight => true;

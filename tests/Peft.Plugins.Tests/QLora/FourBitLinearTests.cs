@@ -136,7 +136,7 @@ public sealed class FourBitLinearTests
         // Live C-heap bytes (glibc mallinfo2) across a training forward of a 1024 × 1024 NF4 layer on 4096 tokens:
         // only the output y (16 MiB) may stay. Keeping deq(W) for backward would add 4 MiB; keeping TorchSharp's
         // output-shaped buffer of the function node would add another 16 MiB. (This collection runs alone.)
-        NativeHeap.Available.Should().BeTrue("the tests run on Linux with glibc ≥ 2.33");
+        ProcessMemory.HeapInUse().Should().NotBeNull("the tests run on Linux with glibc ≥ 2.33");
         torch.manual_seed(13);
         using var dense = TestLinear.Random(1024, 1024);
         using var q = Quantize(dense);
@@ -145,9 +145,9 @@ public sealed class FourBitLinearTests
         x.grad!.zero_();   // the input gradient stays allocated (before the measurement) and is written again below
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        long before = NativeHeap.InUseBytes()!.Value;
+        long before = ProcessMemory.HeapInUse()!.Value;
         using var y = q.forward(x);
-        long kept = NativeHeap.InUseBytes()!.Value - before;
+        long kept = ProcessMemory.HeapInUse()!.Value - before;
         long output = y.NumberOfElements * 4, weight = 1024L * 1024 * 4;
         kept.Should().BeGreaterThanOrEqualTo(output - (1 << 20), "the output itself is alive")
             .And.BeLessThan(output + weight / 2, "nothing but the output is kept: no deq(W), no output-sized buffer");

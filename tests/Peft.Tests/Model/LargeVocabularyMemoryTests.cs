@@ -60,6 +60,9 @@ public sealed class LargeVocabularyMemoryTests(ITestOutputHelper output) : IDisp
         Llama3TokenizerFiles.CopyInto(dir);
         var g = new Generator((ulong)seed);
         var t = new Dictionary<string, Tensor>();
+        // Every temporary in a dispose scope: a temporary only the stack refers to can be finalized by the GC (which
+        // another test's thread may trigger) while LibTorch still reads it, and the test host dies in a segfault.
+        using var scope = torch.NewDisposeScope();
         void R(string name, params long[] shape) => t[name] = (torch.randn(shape, generator: g) * 0.2).to(ScalarType.BFloat16);
         void N(string name, long n) => t[name] = (1 + torch.randn(n, generator: g) * 0.1).to(ScalarType.BFloat16);
         R("model.embed_tokens.weight", Vocab, hidden);

@@ -55,6 +55,7 @@ public sealed class LowPrecisionLoadingTests
     public void A_bf16_weight_cast_block_by_block_gives_the_product_of_the_whole_cast()
     {
         var g = new Generator(3);
+        using var scope = torch.NewDisposeScope();   // temporaries stay referenced until the test ends (no finalizer mid-op)
         using var w = (torch.randn(1000, 24, generator: g) * 0.1).to(ScalarType.BFloat16);
         using var b = torch.randn(1000, generator: g).to(ScalarType.BFloat16);
         using var x = torch.randn(2, 5, 24, generator: g);

@@ -66,6 +66,9 @@ public sealed class ModelFamiliesTests : IDisposable
         Llama3TokenizerFiles.CopyInto(dir);
         var c = LlamaConfig.Load(Path.Combine(dir, "config.json"));
         var g = new Generator((ulong)seed);
+        // Every temporary in a dispose scope (see LargeVocabularyMemoryTests.WriteFolder: an unreferenced temporary can be
+        // finalized mid-operation when another test's thread triggers a GC).
+        using var scope = torch.NewDisposeScope();
         Tensor R(params long[] shape) => (torch.randn(shape, generator: g) * 0.2).to(ScalarType.BFloat16);
         Tensor N(long n) => (1 + torch.randn(n, generator: g) * 0.1).to(ScalarType.BFloat16);
         var t = new Dictionary<string, Tensor> { ["model.embed_tokens.weight"] = R(Vocab, Hidden), ["model.norm.weight"] = N(Hidden) };

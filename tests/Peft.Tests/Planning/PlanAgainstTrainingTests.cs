@@ -15,7 +15,7 @@ namespace Peft.Tests.Planning;
 /// The plan against what training really holds: the real composition (plugins from the test output's plugins/
 /// folder) on stories260K and on the stories15M shape, two optimizer steps as the trainer takes them, then the
 /// held tensors counted. Weights, gradients and optimizer state must equal the plan to the byte; activations
-/// (the C-heap bytes a forward pass leaves alive, <see cref="NativeHeap"/>) must be within 25% of the plan.
+/// (the C-heap bytes a forward pass leaves alive, <see cref="ProcessMemory.HeapInUse"/>) must be within 25% of the plan.
 /// <para>
 /// The cases are data: each names the components it needs, and runs once the loaded plugins provide them all,
 /// so DoRA, QLoRA, GaLore and LISA join this test as their plugins land.
@@ -124,10 +124,10 @@ public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputH
             context.Step = step;
             foreach (var hook in composed.Hooks) hook.OnStepStart(context);
             using var scope = torch.NewDisposeScope();
-            long before = NativeHeap.InUse();
+            long before = ProcessMemory.HeapInUse()!.Value;
             var logits = model.Logits(ids);                                 // as Trainer.ForwardBackward
             var loss = CausalLmLoss.Sum(logits, ids) / (batch * (seqLen - 1));
-            activations = NativeHeap.InUse() - before;
+            activations = ProcessMemory.HeapInUse()!.Value - before;
             loss.backward();
             var seen = new HashSet<IntPtr>();
             gradients = composed.TrainableParameters.Where(p => seen.Add(p.Parameter.Handle) && p.Parameter.grad is not null)
@@ -151,7 +151,7 @@ public sealed class PlanAgainstTrainingTests(Stories260KFixture fx, ITestOutputH
         gradients.Should().Be(plan.Bytes.GradientBytes);
         // an optimizer's StateBytes covers everything it holds: GaLore's projectors are part of it
         held.OptimizerStateBytes.Should().Be(plan.Bytes.OptimizerStateBytes + plan.Bytes.ProjectionBytes);
-        if (NativeHeap.Available)
+        if (ProcessMemory.HeapInUse() is not null)
             ((double)activations).Should().BeApproximately(plan.Bytes.ActivationBytes, ActivationTolerance * plan.Bytes.ActivationBytes);
     }
 }
