@@ -108,14 +108,11 @@ public static class QuantizedModelFolder
             foreach (var (name, at) in index)
             {
                 var (file, info, _) = at;
-                if (name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue;
+                if (HfModelFolder.IsIgnored(name)) continue;
                 if (config.TieWordEmbeddings && name == LlamaForCausalLM.HeadName + ".weight") continue;
                 if (!expected.TryGetValue(name, out var target))
                     throw new PeftFormatException($"{file}: unexpected tensor '{name}' (neither a parameter of LlamaForCausalLM nor part of a quantized layer)");
-                if (!info.Shape.SequenceEqual(target.shape))
-                    throw new PeftFormatException($"{file}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
-                if (info.DType is not ("F32" or "F16" or "BF16"))
-                    throw new PeftFormatException($"{file}: tensor '{name}' has dtype {info.DType}; expected F32, F16 or BF16");
+                HfModelFolder.CheckReadable(file, info, target);
                 wanted.Add((name, at, target));
             }
             foreach (var group in wanted.GroupBy(w => w.At.File))

@@ -52,11 +52,7 @@ public static class HfModelFolder
                         throw new PeftFormatException($"{file}: unexpected tensor '{info.Name}' (not a parameter of LlamaForCausalLM with this config.json)");
                     if (!loaded.Add(info.Name))
                         throw new PeftFormatException($"{file}: tensor '{info.Name}' appears in more than one file");
-                    if (!info.Shape.SequenceEqual(target.shape))
-                        throw new PeftFormatException(
-                            $"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
-                    if (info.DType is not ("F32" or "F16" or "BF16"))
-                        throw new PeftFormatException($"{file}: tensor '{info.Name}' has dtype {info.DType}; expected F32, F16 or BF16");
+                    CheckReadable(file, info, target);
                     wanted.Add(info.Name);
                 }
                 if (listed is not null)
@@ -150,7 +146,18 @@ public static class HfModelFolder
     }
 
     /// <summary>Old HF checkpoints carry the rotary inverse frequencies; HF ignores them on load.</summary>
-    static bool IsIgnored(string name) => name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);
+    /// <summary>Tensors a folder may carry that the model does not hold (transformers' old rotary buffers).</summary>
+    internal static bool IsIgnored(string name) => name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);
+
+    /// <summary>A full-precision tensor of a folder can be read into <paramref name="target"/>: the shape config.json needs, F32/F16/BF16.</summary>
+    internal static void CheckReadable(string file, Safetensors.TensorInfo info, Tensor target)
+    {
+        if (!info.Shape.SequenceEqual(target.shape))
+            throw new PeftFormatException(
+                $"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}] but config.json needs [{string.Join(", ", target.shape)}]");
+        if (info.DType is not ("F32" or "F16" or "BF16"))
+            throw new PeftFormatException($"{file}: tensor '{info.Name}' has dtype {info.DType}; expected F32, F16 or BF16");
+    }
 
     static void CheckTiedHead(string file, string name, LlamaForCausalLM model)
     {

@@ -9,9 +9,10 @@ namespace Peft.Host.Model;
 /// </summary>
 public sealed class NonFiniteValuesException(string message) : Exception(message)
 {
-    /// <summary>The first parameter of <paramref name="parameters"/> holding NaN or infinity, or null.</summary>
+    /// <summary>Values checked at a time (16 MiB of fp32), so a check never makes masks the size of a whole tensor.</summary>
     const long CheckChunk = 4L << 20;
 
+    /// <summary>The first parameter of <paramref name="parameters"/> holding NaN or infinity, or null.</summary>
     public static string? FirstNonFinite(IEnumerable<(string Name, Tensor Tensor)> parameters)
     {
         using var noGrad = torch.no_grad();

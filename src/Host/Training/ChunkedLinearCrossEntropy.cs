@@ -118,7 +118,7 @@ public static class ChunkedLinearCrossEntropy
     static Tensor Logits(Tensor h, Tensor weight, Tensor z)
     {
         if (weight.dtype == h.dtype) return z.addmm_(h, weight.t(), beta: 0);
-        // block rows: the cast block (R, D) and its product (C, R) each at most 4M values
+        // block rows: the cast block (R, D) and its part of z (C, R) each at most 4M values
         long v = weight.shape[0], rows = Math.Max(1, UpcastBlockWeights / Math.Max(weight.shape[1], h.shape[0]));
         for (long r0 = 0; r0 < v; r0 += rows)
         {
@@ -127,9 +127,9 @@ public static class ChunkedLinearCrossEntropy
             // would keep each block's storage alive, all V rows of them by the last block
             using var rowsView = weight.narrow(0, r0, n);
             using var block = rowsView.to(h.dtype);
-            using var part = nn.functional.linear(h, block);
-            using var zBlock = z.narrow(1, r0, n);
-            zBlock.copy_(part);
+            using var zBlock = z.narrow(1, r0, n);                       // (C, R), a strided view of z
+            using var blockT = block.t();
+            zBlock.addmm_(h, blockT, beta: 0);                           // written in place: no (C, R) product to copy
         }
         return z;
     }

@@ -57,7 +57,7 @@ public sealed record HeldMemory
         var seen = new HashSet<IntPtr>();
         foreach (var (_, p) in model.NamedParameters())
             if (seen.Add(p.Handle) && !trainableHandles.Contains(p.Handle)) frozen += p.NumberOfElements * p.ElementSize;
-        var (quantBytes, quantWeights) = QuantizedState(model);
+        var (quantBytes, quantWeights) = QuantizedWeightBytes.Sum(model);   // adapters looked through; the count the bench and planner use
         if (optimizer is IBackwardStepOptimizer layerwise) peakGradientBytes = Math.Max(peakGradientBytes, layerwise.PeakGradientBytes);
         return new HeldMemory
         {
@@ -71,13 +71,6 @@ public sealed record HeldMemory
             PeakProcessBytes = ProcessMemory.PeakResidentBytes(),
         };
     }
-
-    /// <summary>
-    /// Bytes every quantized layer holds for its weight, adapters looked through, and the weights they store: the one
-    /// count (<see cref="IQuantizedWeightBytes.QuantizedBytes"/> through <see cref="QuantizedWeightBytes.Sum"/>) the
-    /// bench also reports and the planner predicts.
-    /// </summary>
-    public static (long Bytes, long Weights) QuantizedState(IPeftModel model) => QuantizedWeightBytes.Sum(model);
 
     /// <summary>Bytes of the gradients the trainable parameters hold now (each tensor once).</summary>
     public static long HeldGradientBytes(IReadOnlyList<(string Name, Parameter Parameter)> trainable)
