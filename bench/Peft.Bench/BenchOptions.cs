@@ -63,7 +63,7 @@ public sealed class BenchOptions
         "  --threads N         torch.set_num_threads in every child (default 2)\n" +
         "  --loss-chunk-tokens N  training:loss_chunk_tokens in every child (default: the trainer's, 256; 0 = full logits)\n" +
         "  --seed N            seed of the weights, the adapter and the random tokens (default 1234)\n" +
-        "  --breakdown         also time each phase of a step (forward, loss, backward, clip, optimizer) in one extra child per variant per round\n" +
+        "  --breakdown         also time each phase of a step (batch, forward, loss, backward, free, clip, optimizer) in one extra child per variant per round\n" +
         "  --dequant           instead of training: NF4 dequantization GB/s (QLoRA plugin's CPU kernel) beside an fp32 copy of the same size\n" +
         "  --vocab-scaling     instead: peak memory of a LoRA step with vocab 128,256 at seq 256..2048, chunked loss vs full logits\n" +
         "  --base-dtype-speed  instead: LoRA step time and peak memory with vocab 128,256, frozen base fp32 vs bf16 (alternating children)\n" +

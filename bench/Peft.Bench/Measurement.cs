@@ -30,7 +30,7 @@ public sealed record Measurement
     /// </summary>
     [JsonPropertyName("median_step_cpu_seconds")] public double? MedianStepCpuSeconds { get; init; }
 
-    /// <summary>With --breakdown: median seconds of each phase of a step (forward, loss, backward, clip, optimizer).</summary>
+    /// <summary>With --breakdown: median seconds of each phase of a step (batch, forward, loss, backward, free, clip, optimizer).</summary>
     [JsonPropertyName("phase_median_seconds")] public IReadOnlyDictionary<string, double>? PhaseMedianSeconds { get; init; }
 
     /// <summary>Every step's wall time, warm-up steps first.</summary>

@@ -17,7 +17,7 @@ namespace Peft.Bench;
 /// </summary>
 public static class PhaseBreakdown
 {
-    public static readonly string[] Phases = ["forward", "loss", "backward", "clip", "optimizer"];
+    public static readonly string[] Phases = ["batch", "forward", "loss", "backward", "free", "clip", "optimizer"];
 
     public static Measurement Measure(Variant variant, BenchOptions o)
     {
@@ -34,14 +34,14 @@ public static class PhaseBreakdown
         optimizer.ZeroGrad();
         for (int step = 0; step < o.WarmupSteps + o.Steps; step++)
         {
-            var batch = BatchCollator.Collate(data.Train.Skip(step * o.BatchSize).Take(o.BatchSize).ToList(), data.PadId);
             var clock = Stopwatch.StartNew();
+            var batch = BatchCollator.Collate(data.Train.Skip(step * o.BatchSize).Take(o.BatchSize).ToList(), data.PadId);
             double Lap() { double s = clock.Elapsed.TotalSeconds; clock.Restart(); return s; }
             var lap = new Dictionary<string, double>();
             using (var scope = torch.NewDisposeScope())
             {
                 var (ids, labels) = batch.ToTensors(model.Device);
-                clock.Restart();
+                lap["batch"] = Lap();
                 // forward = the body (embedding, layers, norm); loss = the head and cross entropy, which with the
                 // chunked loss (the trainer's default) also computes the head's gradients chunk by chunk.
                 bool chunked = options.LossChunkTokens > 0;
@@ -54,7 +54,7 @@ public static class PhaseBreakdown
                 scaled.backward();
                 lap["backward"] = Lap();
             }
-            clock.Restart();
+            lap["free"] = Lap();   // the step's graph and activations, freed with the scope
             GradientClipping.ClipByGlobalNorm(trainable, options.MaxGradNorm);
             lap["clip"] = Lap();
             optimizer.Step(options.LearningRate);

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,6 +15,9 @@ namespace Peft.Plugins.QLora;
 ///   pair[b] = (code[b &gt;&gt; 4], code[b &amp; 15]);   out[2k] = pair[p_k].hi · absmax_j,  out[2k+1] = pair[p_k].lo · absmax_j
 /// </code>
 /// one table load and two multiplies per byte, written into a reused per-thread buffer (<see cref="Scratch"/>).
+/// The loops are compiled fully optimized on first call (<c>AggressiveOptimization</c>) instead of starting as tier-0
+/// code with on-stack replacement: a 768 × 288 NF4 dequantization took 0.10–0.18 ms per call over its first 60 calls
+/// that way, 0.083 ms from the third call with the attribute (one thread, this project's 2-core machine).
 /// </summary>
 public sealed unsafe class CpuFourBitKernels : IFourBitKernels
 {
@@ -70,6 +74,7 @@ public sealed unsafe class CpuFourBitKernels : IFourBitKernels
     }
 
     /// <summary>Blockwise 4-bit quantization of <paramref name="values"/> (row-major) into packed codes and block absmax.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void QuantizeBlocks(ReadOnlySpan<float> values, FourBitType type, int blockSize, Span<byte> packed, Span<float> absmax)
     {
         long n = values.Length;
@@ -127,6 +132,7 @@ public sealed unsafe class CpuFourBitKernels : IFourBitKernels
         return (q, nested, offset);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Dequantize(FourBitWeights w, Tensor destination)
     {
         if (destination.dtype != ScalarType.Float32 || !destination.is_contiguous() || destination.device_type != DeviceType.CPU)
@@ -153,6 +159,7 @@ public sealed unsafe class CpuFourBitKernels : IFourBitKernels
     }
 
     /// <summary>out[i] = code[q_i] · absmax[i / blockSize] through the byte→pair table (block sizes are even).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DequantizeBlocks(byte* packed, float* absmax, float* pairs, float* dst, long n, int blockSize)
     {
         long fullPairs = n >> 1;
@@ -173,6 +180,7 @@ public sealed unsafe class CpuFourBitKernels : IFourBitKernels
     }
 
     /// <summary>The fp32 absmax of every block (decoding double quantization: map8[q] · nested + offset).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void DecodeAbsmax(FourBitWeights w, Span<float> destination)
     {
         long blocks = w.Blocks;
