@@ -44,8 +44,9 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, ILinearSlotOwner
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var gate = nn.functional.silu(_slots["gate_proj"].Module.call(x)); // (B, T, inner)
+        var gate = _slots["gate_proj"].Module.call(x);                     // (B, T, inner), before silu
         var up = _slots["up_proj"].Module.call(x);                         // (B, T, inner)
-        return _slots["down_proj"].Module.call(gate * up).MoveToOuterDisposeScope();
+        var h = SwiGlu.Apply(gate, up);                                    // silu(gate) * up, keeping gate and up only
+        return _slots["down_proj"].Module.call(h).MoveToOuterDisposeScope();
     }
 }

@@ -43,7 +43,7 @@ public sealed record ActivationBreakdown(long DecoderBytes, long HeadBytes, long
 ///   attention (SDPA)     q, k, v as attended (D each: k/v repeated to H heads under GQA), output (D), logsumexp (H)
 ///   o_proj               its input (D) if it trains or has an adapter; A x (r)
 ///   post_attn_layernorm  h (D), 1/rms (1); normed (D) if gate/up save their input or the norm trains
-///   SwiGLU               gate pre-activation (I), silu(gate) (I), up (I); gate*up (I) if down_proj saves its input
+///   SwiGLU               gate pre-activation (I), up (I) (<see cref="Model.SwiGlu"/>); gate*up (I) if down_proj saves its input
 ///   head                 final x (D), 1/rms, normed (D) if the head trains; logits (V) and log-softmax (V) in fp32
 /// </code>
 /// A linear saves its input only for its own weight's gradient (trainable weight or adapter), so a frozen
@@ -96,9 +96,8 @@ public static class ActivationModel
             e += Rank(LinearKind.MlpGate) + Rank(LinearKind.MlpUp) + dropoutCopy(LinearKind.MlpGate) + dropoutCopy(LinearKind.MlpUp);
             if (normed2Grad) upcast += UpcastBytes(a, slots[LinearKind.MlpGate]) + UpcastBytes(a, slots[LinearKind.MlpUp]);
             bool gateGrad = normed2Grad || Saves(LinearKind.MlpGate), upGrad = normed2Grad || Saves(LinearKind.MlpUp);
-            if (gateGrad) e += inter;                               // gate pre-activation (silu)
-            if (gateGrad) e += inter;                               // up (mul saves it for silu's gradient)
-            if (upGrad) e += inter;                                 // silu(gate) (mul saves it for up's gradient)
+            if (gateGrad || upGrad) e += inter;                     // gate pre-activation (SwiGlu recomputes silu from it)
+            if (gateGrad) e += inter;                               // up (for the gate's gradient)
             if (Saves(LinearKind.MlpDown)) e += inter;              // gate*up (down_proj input)
             e += Rank(LinearKind.MlpDown) + dropoutCopy(LinearKind.MlpDown);
             if (gateGrad || upGrad) upcast += UpcastBytes(a, slots[LinearKind.MlpDown]);

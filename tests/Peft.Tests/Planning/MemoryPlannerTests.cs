@@ -165,9 +165,10 @@ public sealed class MemoryPlannerTests
     {
         var plain = Plan("llama2-7b", "full", change: s => s with { BatchSize = 1, SeqLen = 1000 });
         var ckpt = Plan("llama2-7b", "full", change: s => s with { BatchSize = 1, SeqLen = 1000, ActivationCheckpointing = true });
-        // full fine-tuning, no GQA: per layer 9D + 4I + H + 2 = 9*4096 + 4*11008 + 32 + 2 = 80,930 elements per token (bf16)
-        plain.Activations!.DecoderBytes.Should().Be(32 * 80_930L * 2 * 1000);
-        ckpt.Activations!.DecoderBytes.Should().Be((32 * 4096L + 80_930) * 2 * 1000);
+        // full fine-tuning, no GQA: per layer 9D + 3I + H + 2 = 9*4096 + 3*11008 + 32 + 2 = 69,922 elements per token (bf16);
+        // the SwiGLU node keeps gate and up, not silu(gate) too
+        plain.Activations!.DecoderBytes.Should().Be(32 * 69_922L * 2 * 1000);
+        ckpt.Activations!.DecoderBytes.Should().Be((32 * 4096L + 69_922) * 2 * 1000);
         // head: final x, 1/rms, normed (bf16) + logits and log-softmax (fp32)
         plain.Activations.HeadBytes.Should().Be(((2 * 4096 + 1) * 2 + 2 * 32000 * 4L) * 1000);
     }
