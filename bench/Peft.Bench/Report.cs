@@ -49,9 +49,16 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
         return (speed, peak, growth, paired);
     }
 
-    /// <summary>LoRA vs full: tokens/s ≥ 1.5× and growth ≤ 0.5×. A LoRA variant vs LoRA (DoRA issue): step time ≤ 1.2× and peak RSS ≤ 1.1×.</summary>
-    static string TargetText(Variant v, double speed, double peak, double growth) => v.BaselineName is null
-        ? (speed >= TargetSpeedup ? "met" : "not met") + (v.Name == "lora" ? string.Create(Inv, $"; growth ≤ {TargetGrowth}×: {(growth <= TargetGrowth ? "met" : "not met")}") : "")
+    /// <summary>
+    /// LoRA vs full: tokens/s ≥ 1.5× and growth ≤ 0.5×, the growth judged on both readings (peak − RSS before training,
+    /// and the live native heap added, which repeats to a fraction of a MiB where RSS moves by tens). A LoRA variant vs
+    /// LoRA (DoRA issue): step time ≤ 1.2× and peak RSS ≤ 1.1×.
+    /// </summary>
+    static string TargetText(Variant v, double speed, double peak, double growth, double heapGrowth) => v.BaselineName is null
+        ? (speed >= TargetSpeedup ? "met" : "not met") + (v.Name == "lora"
+            ? string.Create(Inv, $"; growth ≤ {TargetGrowth}×: {(growth <= TargetGrowth ? "met" : "not met")} (RSS)") +
+              (double.IsNaN(heapGrowth) ? "" : $", {(heapGrowth <= TargetGrowth ? "met" : "not met")} (live heap)")
+            : "")
         : string.Create(Inv, $"step time {1 / speed:0.00}× (≤ 1.2×: {(1 / speed <= 1.2 ? "met" : "not met")}), peak {peak:0.00}× (≤ 1.1×: {(peak <= 1.1 ? "met" : "not met")})");
 
     /// <summary>Data parallelism (issue 16): N ranks × threads/N against 1 process × threads, tokens/s ≥ 0.9×; and rank 0's share of time in communication.</summary>
@@ -121,7 +128,7 @@ public sealed class Report(BenchOptions options, IReadOnlyList<Variant> variants
                 double heapGrowth = HeapGrowth(Of(v)) / HeapGrowth(Of(v.Baseline!));
                 sb.AppendLine(string.Create(Inv,
                     $"| {v.Name} / {v.Baseline!.Name} | {speed:0.000}× | {string.Join(", ", paired.Select(p => p.ToString("0.00", Inv)))} | " +
-                    $"{peak:0.00}× | {growth:0.00}× | {(double.IsNaN(heapGrowth) ? "–" : heapGrowth.ToString("0.00", Inv) + "×")} | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth))} |"));
+                    $"{peak:0.00}× | {growth:0.00}× | {(double.IsNaN(heapGrowth) ? "–" : heapGrowth.ToString("0.00", Inv) + "×")} | {(v.Ranks > 1 ? DataParallelText(v, speed) : TargetText(v, speed, peak, growth, heapGrowth))} |"));
             }
         }
         if (QLoraAgainstLora() is { } q)
